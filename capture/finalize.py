@@ -1,0 +1,226 @@
+"""Turn closed segments into the deliverables: the composite MP4, each tile's MP4, the frame times.
+
+Works from what is on disk alone, so the same code finishes a normal capture and recovers an
+interrupted one. Segments are fed to ffmpeg through pipes in order; MPEG-TS timestamps are absolute
+(relative to the capture's shared epoch `t0`), so a lost segment leaves a gap, never a shift.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import ffmpeg
+
+from capture.recorders import SEGMENT_DIR
+from evidence import Layout, RecorderFailed
+
+_SEGMENT = re.compile(r"^(video|audio\d)_(\d{5})\.ts$")
+
+
+@dataclass(frozen=True)
+class SegmentSet:
+    """The playable segments of one recorder, in order, and the ones that were not."""
+
+    name: str
+    segments: tuple[Path, ...]
+    damaged: tuple[str, ...]
+    first_pts: float | None
+
+
+def _probe_packets(ffprobe: str, path: Path, stream: str) -> list[float]:
+    result = subprocess.run(
+        [ffprobe, "-v", "error", "-select_streams", stream, "-show_entries", "packet=pts_time",
+         "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    times = []
+    for line in result.stdout.split():
+        value = line.strip().rstrip(",")
+        if value and value != "N/A":
+            times.append(float(value))
+    return times
+
+
+def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
+    """Playable segments of recorder `name` (`video`, `audio1`, ...); empty or undecodable ones are set aside."""
+    directory = capture_dir / SEGMENT_DIR
+    found = sorted(p for p in directory.glob(f"{name}_*.ts") if _SEGMENT.match(p.name))
+    good: list[Path] = []
+    damaged: list[str] = []
+    first: float | None = None
+    stream = "v:0" if name == "video" else "a:0"
+    for path in found:
+        if path.stat().st_size == 0:
+            path.unlink()  # an empty file is no evidence and would be unplayable
+            continue
+        times = _probe_packets(ffprobe, path, stream)
+        if not times:
+            damaged.append(path.name)
+            continue
+        if first is None:
+            first = min(times)
+        good.append(path)
+    return SegmentSet(name=name, segments=tuple(good), damaged=tuple(damaged), first_pts=first)
+
+
+class _Feeder(threading.Thread):
+    """Writes segment files, one after another, into a pipe ffmpeg reads as one stream."""
+
+    def __init__(self, paths: Sequence[Path], fd: int) -> None:
+        super().__init__(daemon=True)
+        self.paths = paths
+        self.fd = fd
+
+    def run(self) -> None:
+        with contextlib.suppress(BrokenPipeError), os.fdopen(self.fd, "wb") as sink:
+            for path in self.paths:
+                with path.open("rb") as source:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+
+
+def _run_with_pipes(argv: list[str], feeds: list[tuple[int, int, Sequence[Path]]], log: Path) -> None:
+    """Run ffmpeg with `pipe:N` inputs fed from segment lists; raise RecorderFailed on error."""
+    read_fds = [r for r, _w, _paths in feeds]
+    with log.open("ab") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, pass_fds=read_fds)
+    for fd in read_fds:
+        os.close(fd)
+    feeders = [_Feeder(paths, w) for _r, w, paths in feeds]
+    for feeder in feeders:
+        feeder.start()
+    code = process.wait()
+    for feeder in feeders:
+        feeder.join(timeout=30)
+    if code != 0:
+        raise RecorderFailed(f"ffmpeg could not mux the recording (exit {code}); see {log}")
+
+
+def mux_composite(
+    capture_dir: Path,
+    layout: Layout,
+    video: SegmentSet,
+    audio: dict[int, SegmentSet],
+    *,
+    origin: float,
+    ffmpeg_path: str,
+    log: Path,
+) -> Path:
+    """composite.mp4: the screen video and one AAC track per tile, all shifted by `origin` together."""
+    if not video.segments:
+        raise RecorderFailed("the screen recorder left no playable segment; nothing to assemble")
+    feeds: list[tuple[int, int, Sequence[Path]]] = []
+    inputs = []
+    duration = None
+    for segments in [video.segments, *(audio[t.tile].segments for t in layout.tiles if audio[t.tile].segments)]:
+        read_fd, write_fd = os.pipe()
+        feeds.append((read_fd, write_fd, segments))
+        inputs.append(ffmpeg.input(f"pipe:{read_fd}", f="mpegts", itsoffset=f"{-origin:.6f}"))
+    streams = [inputs[0]["v"]]
+    metadata: dict[str, str] = {}
+    next_input = 1
+    for index, tile in enumerate(layout.tiles):
+        if audio[tile.tile].segments:
+            streams.append(inputs[next_input]["a"])
+            next_input += 1
+        else:
+            # No audio was recorded for this tile: a silent track keeps track i = tile i.
+            if duration is None:
+                duration = video_duration(video)
+            streams.append(ffmpeg.input("anullsrc=r=48000:cl=stereo", f="lavfi", t=f"{duration:.3f}")["a"])
+        # MP4 keeps a track's name in its handler box; players list tracks by it.
+        metadata[f"metadata:s:a:{index}"] = f"handler_name=Tile {tile.tile}: {tile.url}"
+    output_path = capture_dir / "composite.mp4"
+    out = ffmpeg.output(
+        *streams,
+        str(output_path),
+        vcodec="copy",
+        acodec="aac" if duration is not None else "copy",
+        movflags="+faststart",
+        **{"metadata:s:v:0": "handler_name=Wangzheng synchronized multi-screen composite"},
+        **metadata,
+    )
+    argv = out.compile(cmd=ffmpeg_path)
+    # A silent track has to be encoded, and one -acodec covers every audio track.
+    argv = [argv[0], "-hide_banner", "-loglevel", "warning", "-copyts", "-y", *argv[1:]]
+    _run_with_pipes(argv, feeds, log)
+    return output_path
+
+
+def video_duration(video: SegmentSet, ffprobe: str = "ffprobe") -> float:
+    times = _probe_packets(ffprobe, video.segments[-1], "v:0")
+    return max(0.0, max(times, default=0.0) - (video.first_pts or 0.0))
+
+
+def cut_tiles(
+    capture_dir: Path, layout: Layout, composite: Path, *, tiles: Sequence[int], ffmpeg_path: str, log: Path
+) -> dict[int, Path]:
+    """Each tile's own video, cropped from the composite's frames at full tile resolution, with its audio."""
+    if not tiles:
+        return {}
+    source = ffmpeg.input(str(composite))
+    split = source["v"].filter_multi_output("split", len(tiles))
+    outputs = []
+    paths: dict[int, Path] = {}
+    for index, number in enumerate(tiles):
+        tile = layout.tile(number)
+        rect = tile.rect
+        cropped = split[index].crop(rect.x, rect.y, rect.width, rect.height)
+        path = capture_dir / "tiles" / str(number) / "video.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        paths[number] = path
+        audio_index = [t.tile for t in layout.tiles].index(number)
+        outputs.append(
+            ffmpeg.output(
+                cropped,
+                source[f"a:{audio_index}"],
+                str(path),
+                vcodec="libx264",
+                preset="veryfast",
+                crf=20,
+                pix_fmt="yuv420p",
+                acodec="copy",
+                movflags="+faststart",
+                fps_mode="passthrough",
+                **{"metadata:s:a:0": f"handler_name=Tile {number}: {tile.url}"},
+            )
+        )
+    argv = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_path)
+    argv = [argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]]
+    with log.open("ab") as sink:
+        code = subprocess.run(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, check=False).returncode
+    if code != 0:
+        raise RecorderFailed(f"ffmpeg could not cut the tile videos (exit {code}); see {log}")
+    return paths
+
+
+def write_frame_times(
+    capture_dir: Path, video: SegmentSet, *, t0: float, origin: float, ffprobe: str
+) -> tuple[Path, int, float]:
+    """frames.csv: the wall-clock time of every composite frame. Returns (path, frames, seconds covered)."""
+    path = capture_dir / "frames.csv"
+    count = 0
+    first: float | None = None
+    last = 0.0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["frame", "composite_seconds", "utc", "epoch_seconds", "segment"])
+        for segment in video.segments:
+            for pts in sorted(_probe_packets(ffprobe, segment, "v:0")):
+                epoch = t0 + pts
+                moment = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
+                writer.writerow([count, f"{pts - origin:.6f}", moment.replace("+00:00", "Z"), f"{epoch:.6f}",
+                                 segment.name])
+                first = pts if first is None else first
+                last = pts
+                count += 1
+    return path, count, (last - first) if first is not None else 0.0

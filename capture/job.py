@@ -1,0 +1,463 @@
+"""The capture job: a state machine of named steps, each outcome written into the manifest.
+
+    INIT -> ENVIRONMENT -> SETUP -> LOAD (per tile, while recording) -> RECORD -> COLLECT -> FINALIZE -> MANIFEST
+
+Progress is reported as `CaptureEvent`s to a callback (the CLI prints them; the API will stream them).
+A failed tile is recorded as failed with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import Playwright, async_playwright
+
+from capture.assemble import Assembly, assemble_videos, build_manifest, overall_status, write_manifest
+from capture.audio import AudioServer
+from capture.browser import TileBrowser, TileFailure, chromium_flags
+from capture.display import VirtualDisplay
+from capture.environment import check_components, collect_provenance, resolve_chromium
+from capture.journal import Journal
+from capture.layout import build_layout
+from capture.recorders import AudioRecorder, ScreenRecorder, StreamCopier
+from evidence import (
+    CaptureError,
+    CaptureEvent,
+    CaptureRequest,
+    CaptureStatus,
+    EventKind,
+    EvidenceError,
+    Layout,
+    Manifest,
+    Provenance,
+    Settings,
+    Step,
+    StepName,
+    StepOutcome,
+    TileResult,
+    TileStatus,
+)
+
+EventSink = Callable[[CaptureEvent], None]
+MAX_STREAMS_PER_TILE = 3
+HEALTH_INTERVAL = 3.0
+
+
+def new_capture_id(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(UTC)
+    return f"wz-{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CaptureJob:
+    """Runs one capture from launch to manifest."""
+
+    def __init__(self, request: CaptureRequest, settings: Settings, on_event: EventSink | None = None) -> None:
+        self.request = request
+        self.settings = settings
+        self._on_event = on_event
+        self.started_at = _now()
+        self.capture_id = new_capture_id(self.started_at)
+        base = Path(request.out_dir) if request.out_dir else settings.captures_dir / self.capture_id
+        self.capture_dir = base.resolve()
+        self.layout: Layout = build_layout(list(request.urls), spec=request.layout, fps=request.fps)
+        self.journal = Journal(self.capture_dir, settings.active_dir, self.capture_id)
+        self.steps: list[Step] = []
+        self.tiles: dict[int, TileBrowser] = {}
+        self.streams: list[StreamCopier] = []
+        self._stop = asyncio.Event()
+        self.stop_reason = ""
+        self.interrupted = False
+        self.recording_started: float | None = None
+        self.first_frame_seconds: float | None = None
+        self._launch_monotonic = time.monotonic()
+
+    # -- events and steps ------------------------------------------------------------------------
+
+    def emit(self, kind: EventKind, message: str, **fields: Any) -> None:
+        if self._on_event is None:
+            return
+        elapsed = time.monotonic() - self.recording_started if self.recording_started else None
+        self._on_event(
+            CaptureEvent(capture_id=self.capture_id, at=_now(), kind=kind, message=message,
+                         elapsed_seconds=elapsed, **fields)
+        )
+
+    def _record_step(self, name: StepName, outcome: StepOutcome, started: datetime, detail: str) -> None:
+        self.steps.append(Step(name=name, outcome=outcome, started_at=started, ended_at=_now(), detail=detail))
+        self.journal.update(steps=[s.model_dump(mode="json") for s in self.steps])
+        self.emit(EventKind.STEP, f"{name.value}: {outcome.value}{' - ' + detail if detail else ''}",
+                  step=name, outcome=outcome)
+
+    @contextlib.contextmanager
+    def step(self, name: StepName, detail: list[str] | None = None) -> Iterator[list[str]]:
+        """Record a step; its detail list may be filled in by the body; an exception marks it failed."""
+        started = _now()
+        notes: list[str] = detail if detail is not None else []
+        self.emit(EventKind.STEP, f"{name.value}: started", step=name)
+        try:
+            yield notes
+        except BaseException as exc:
+            message = str(exc) or type(exc).__name__
+            self._record_step(name, StepOutcome.FAILED, started, "; ".join([*notes, message]))
+            raise
+        outcome = StepOutcome.PARTIAL if any(n.startswith("!") for n in notes) else StepOutcome.OK
+        self._record_step(name, outcome, started, "; ".join(n.lstrip("!") for n in notes))
+
+    def request_stop(self, reason: str) -> None:
+        """Stop recording soon (Ctrl-C, SIGTERM, the API). Safe to call from a signal handler."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    async def run(self) -> Manifest:
+        with self.step(StepName.INIT):
+            self.capture_dir.mkdir(parents=True, exist_ok=True)
+            if any(self.capture_dir.iterdir()):
+                raise CaptureError(f"{self.capture_dir} is not empty; choose a new --out directory")
+            (self.capture_dir / "logs").mkdir()
+            self.journal.update(
+                capture_id=self.capture_id,
+                pid=os.getpid(),
+                started_at=self.started_at.isoformat(),
+                request=self.request.model_dump(mode="json"),
+                layout=self.layout.model_dump(mode="json"),
+                phase="init",
+            )
+            self.journal.open()
+        try:
+            return await self._run()
+        finally:
+            self.journal.close()
+
+    async def _run(self) -> Manifest:
+        settings = self.settings
+        with self.step(StepName.ENVIRONMENT) as notes:
+            components = check_components(settings)
+            chromium = resolve_chromium(settings.chromium)
+            notes.append(f"chromium {components['chromium']}; ffmpeg {components['ffmpeg'][:40]}")
+        options = {
+            "duration_seconds": self.request.duration_seconds,
+            "fps": self.request.fps,
+            "layout": f"{self.layout.rows}x{self.layout.cols}",
+            "segment_seconds": settings.segment_seconds,
+            "load_timeout_seconds": settings.load_timeout_seconds,
+            "max_duration_seconds": settings.max_duration_seconds,
+            "stream_copy": settings.stream_copy,
+            "allow_private_targets": settings.capture_allow_private,
+        }
+        common_flags = [f for f in chromium_flags(self.layout.tiles[0].rect, Path("/"))
+                        if not f.startswith(("--window-position", "--user-data-dir"))]
+        # NTP and DNS can take seconds; they run while the display and browsers start.
+        provenance_task = asyncio.create_task(asyncio.to_thread(
+            collect_provenance, settings, urls=list(self.request.urls), components=components,
+            launch_flags=common_flags, options=options, operator=self.request.operator,
+            case_id=self.request.case_id,
+        ))
+        display = VirtualDisplay(self.layout.width, self.layout.height, xvfb=settings.xvfb,
+                                 log=self.capture_dir / "logs" / "xvfb.log")
+        audio = AudioServer(pulseaudio=settings.pulseaudio, log=self.capture_dir / "logs" / "pulseaudio.log")
+        screen: ScreenRecorder | None = None
+        audio_recorders: list[AudioRecorder] = []
+        status_reason = ""
+        t0: float | None = None
+        fatal = ""
+        try:
+            async with async_playwright() as playwright:
+                with self.step(StepName.SETUP) as notes:
+                    display.start()
+                    audio.start()
+                    for tile in self.layout.tiles:
+                        audio.add_sink(tile.tile)
+                    t0 = float(int(time.time()) - 2)
+                    self.journal.update(t0=t0, phase="recording")
+                    screen = ScreenRecorder(
+                        display=display.name, layout=self.layout, capture_dir=self.capture_dir, t0=t0,
+                        capture_id=self.capture_id, segment_seconds=settings.segment_seconds,
+                        ffmpeg_path=settings.ffmpeg, log=self.capture_dir / "logs" / "screen.log",
+                    )
+                    screen.start()
+                    for tile in self.layout.tiles:
+                        recorder = AudioRecorder(
+                            tile=tile.tile, sink=audio.sinks[tile.tile], capture_dir=self.capture_dir, t0=t0,
+                            segment_seconds=settings.segment_seconds, ffmpeg_path=settings.ffmpeg,
+                            env=audio.env(), log=self.capture_dir / "logs" / f"audio{tile.tile}.log",
+                        )
+                        recorder.start()
+                        audio_recorders.append(recorder)
+                    self.recording_started = time.monotonic()
+                    self.journal.update(recording_started_at=_now().isoformat())
+                    notes.append(f"display {display.name} {self.layout.width}x{self.layout.height}; "
+                                 f"{len(audio_recorders)} audio sink(s); t0={t0:.0f}")
+                # Tiles start and load while the recording runs: the composite shows them loading,
+                # and a slow or broken page cannot delay the others.
+                load_step_started = _now()
+                tiles_task = asyncio.create_task(self._run_tiles(playwright, chromium, display, audio))
+                with self.step(StepName.RECORD) as notes:
+                    await self._record_loop(screen, audio_recorders)
+                    if not tiles_task.done():
+                        tiles_task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await tiles_task
+                    for browser in self.tiles.values():
+                        if browser.status in (TileStatus.PENDING, TileStatus.LOADING):
+                            browser.fail("page did not finish loading before the capture ended")
+                            self._tile_event(browser)
+                    await asyncio.gather(*(asyncio.to_thread(r.stop) for r in [screen, *audio_recorders]))
+                    notes.append(self._record_summary())
+                    if self.interrupted:
+                        notes.append("!" + self.stop_reason)
+                self._record_load_step(load_step_started)
+                with self.step(StepName.COLLECT) as notes:
+                    await self._collect(notes)
+        except EvidenceError as exc:
+            # The step that failed is already recorded; finish with what exists.
+            fatal = str(exc)
+            running: list[ScreenRecorder | AudioRecorder | None] = [screen, *audio_recorders]
+            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in running if r is not None))
+        finally:
+            await self._teardown(display, audio)
+        provenance = await provenance_task
+        provenance = self._with_user_agent(provenance)
+        self.journal.update(provenance=provenance.model_dump(mode="json"), phase="finalizing")
+        tile_results = self._tile_results()
+        with self.step(StepName.FINALIZE) as notes:
+            usable = [t.tile for t in tile_results]
+            if t0 is None:
+                assembly = Assembly(recorded_seconds=0.0, frames=0, problems=("nothing was recorded",),
+                                    composite=False)
+            else:
+                assembly = assemble_videos(self.capture_dir, self.layout, t0=t0, usable_tiles=usable,
+                                           ffmpeg_path=settings.ffmpeg, ffprobe=settings.ffprobe)
+            notes.append(f"{assembly.frames} frames over {assembly.recorded_seconds:.2f} s")
+            notes.extend("!" + p for p in assembly.problems)
+        status = overall_status(tile_results, composite=assembly.composite, interrupted=self.interrupted)
+        if fatal:
+            status = CaptureStatus.FAILED if not assembly.composite else CaptureStatus.PARTIAL
+            status_reason = fatal
+        elif self.interrupted:
+            status_reason = self.stop_reason
+        elif status != CaptureStatus.COMPLETE:
+            failed = [t for t in tile_results if t.status == TileStatus.FAILED]
+            status_reason = "; ".join(f"tile {t.tile}: {t.reason}" for t in failed) or "; ".join(assembly.problems)
+        with self.step(StepName.MANIFEST) as notes:
+            notes.append(f"status {status.value}")
+        manifest = build_manifest(
+            self.capture_dir,
+            capture_id=self.capture_id,
+            status=status,
+            reason=status_reason,
+            started_at=self.started_at,
+            ended_at=_now(),
+            requested_duration=self.request.duration_seconds,
+            recorded_seconds=assembly.recorded_seconds,
+            provenance=provenance,
+            layout=self.layout,
+            tiles=tile_results,
+            steps=tuple(self.steps),
+        )
+        write_manifest(self.capture_dir, manifest)
+        self.journal.update(phase="done", status=status.value)
+        self.emit(EventKind.DONE, f"capture {status.value}: {self.capture_dir / 'manifest.json'}", status=status)
+        return manifest
+
+    # -- tiles -----------------------------------------------------------------------------------
+
+    async def _launch(self, playwright: Playwright, chromium: str, display: VirtualDisplay, audio: AudioServer,
+                      number: int) -> None:
+        tile_layout = self.layout.tile(number)
+        env = {**audio.env(), "DISPLAY": display.name, "PULSE_SINK": audio.sinks[number]}
+        tile = TileBrowser(number, tile_layout.url, tile_layout.rect, self.capture_dir / "tiles" / str(number),
+                           chromium=chromium, env=env, on_media=self._media_seen)
+        self.tiles[number] = tile
+        try:
+            await tile.launch(playwright, self.capture_dir / "logs" / f"chromium{number}.log")
+        except (TileFailure, EvidenceError, PlaywrightError) as exc:
+            tile.fail(f"browser did not start: {str(exc).splitlines()[0]}")
+        self._tile_event(tile)
+
+    def _tile_event(self, tile: TileBrowser) -> None:
+        text = f"tile {tile.tile}: {tile.status.value}" + (f" ({tile.reason})" if tile.reason else "")
+        self.emit(EventKind.TILE, text, tile=tile.tile, tile_status=tile.status)
+
+    async def _run_tiles(self, playwright: Playwright, chromium: str, display: VirtualDisplay,
+                         audio: AudioServer) -> None:
+        async def run(number: int) -> None:
+            await self._launch(playwright, chromium, display, audio, number)
+            tile = self.tiles[number]
+            if tile.status == TileStatus.FAILED:
+                tile.write_page_info()
+                return
+            await tile.load(self.settings.load_timeout_seconds)
+            self._tile_event(tile)
+            if tile.status == TileStatus.RECORDING:
+                problems = await tile.snapshot("start")
+                for problem in problems:
+                    tile.event("problem", message=problem)
+            if tile.status == TileStatus.RECORDING:
+                with contextlib.suppress(Exception):
+                    await tile.certificates()
+            tile.write_page_info()
+
+        await asyncio.gather(*(run(tile.tile) for tile in self.layout.tiles))
+
+    def _record_load_step(self, started: datetime) -> None:
+        failed = [t for t in self.tiles.values() if t.status == TileStatus.FAILED]
+        detail = "; ".join(f"tile {t.tile}: {t.reason}" for t in failed)
+        loaded = len(self.tiles) - len(failed)
+        outcome = StepOutcome.OK if not failed else (StepOutcome.PARTIAL if loaded else StepOutcome.FAILED)
+        self._record_step(StepName.LOAD, outcome, started, f"{loaded} of {len(self.tiles)} loaded"
+                          + (f"; {detail}" if detail else ""))
+
+    def _media_seen(self, tile: TileBrowser, url: str) -> None:
+        if not self.settings.stream_copy or self._stop.is_set():
+            return
+        if sum(1 for s in self.streams if s.tile == tile.tile) >= MAX_STREAMS_PER_TILE:
+            return
+        copier = StreamCopier(
+            tile=tile.tile, index=sum(1 for s in self.streams if s.tile == tile.tile) + 1, url=url,
+            directory=tile.directory / "streams", referer=tile.final_url or tile.url, user_agent=tile.user_agent,
+            cookies="", ffmpeg_path=self.settings.ffmpeg,
+            log=self.capture_dir / "logs" / f"stream{tile.tile}.log",
+        )
+        self.streams.append(copier)
+
+        async def start() -> None:
+            copier.cookies = await tile.cookie_header(url)
+            if copier.user_agent is None and tile.page is not None:
+                with contextlib.suppress(Exception):
+                    copier.user_agent = await tile.page.evaluate("navigator.userAgent")
+            if not self._stop.is_set():
+                copier.start()
+                tile.event("stream-copy-started", url=url, file=copier.output.name)
+
+        task = asyncio.get_running_loop().create_task(start())
+        task.add_done_callback(lambda _t: None)
+
+    # -- recording -------------------------------------------------------------------------------
+
+    async def _record_loop(self, screen: ScreenRecorder, audio_recorders: list[AudioRecorder]) -> None:
+        assert self.recording_started is not None
+        duration = self.request.duration_seconds
+        limit = min(duration, self.settings.max_duration_seconds) if duration else self.settings.max_duration_seconds
+        last_health = time.monotonic()
+        first_segment = self.capture_dir / "segments" / "video_00000.ts"
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - self.recording_started
+            if elapsed >= limit:
+                if duration is None or duration > self.settings.max_duration_seconds:
+                    self.request_stop(f"reached the maximum duration of {self.settings.max_duration_seconds:.0f} s")
+                    self.interrupted = False
+                break
+            if self.first_frame_seconds is None and first_segment.exists() and first_segment.stat().st_size > 0:
+                self.first_frame_seconds = time.monotonic() - self._launch_monotonic
+            if not screen.alive():
+                raise CaptureError(f"the screen recorder stopped unexpectedly; see {self.capture_dir}/logs/screen.log")
+            for recorder in audio_recorders:
+                if not recorder.alive() and recorder.process is not None:
+                    self.emit(EventKind.PROGRESS, f"audio recorder {recorder.name} stopped", tile=recorder.tile)
+            if time.monotonic() - last_health >= HEALTH_INTERVAL:
+                last_health = time.monotonic()
+                await self._check_health()
+            self.emit(EventKind.PROGRESS, self._progress_line(elapsed, limit if duration else None))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=min(1.0, max(0.05, limit - elapsed)))
+        if self._stop.is_set() and self.stop_reason.startswith("interrupted"):
+            # Without --duration the operator's stop is the normal end of the capture.
+            self.interrupted = duration is not None
+
+    def _progress_line(self, elapsed: float, limit: float | None) -> str:
+        tiles = " ".join(f"{t.tile}:{t.status.value}" for t in self.tiles.values())
+        total = f"/{limit:.0f}" if limit else ""
+        return f"recording {elapsed:5.1f}{total} s  {tiles}"
+
+    async def _check_health(self) -> None:
+        async def check(tile: TileBrowser) -> None:
+            if tile.status != TileStatus.RECORDING:
+                return
+            if tile.process is not None and tile.process.poll() is not None:
+                tile.fail(f"the browser exited (code {tile.process.returncode})")
+            elif not await tile.responsive():
+                tile.fail("the page's renderer stopped responding (hung)")
+            else:
+                return
+            self._tile_event(tile)
+
+        await asyncio.gather(*(check(t) for t in self.tiles.values()))
+
+    def _record_summary(self) -> str:
+        assert self.recording_started is not None
+        return f"{time.monotonic() - self.recording_started:.1f} s recorded; stop: {self.stop_reason or 'duration'}"
+
+    async def _collect(self, notes: list[str]) -> None:
+        async def collect(tile: TileBrowser) -> None:
+            if tile.status == TileStatus.RECORDING:
+                await tile.playback_quality()
+                for problem in await tile.snapshot("end"):
+                    notes.append(f"!tile {tile.tile}: {problem}")
+            tile.write_har(self._browser_version(tile))
+            tile.write_page_info()
+
+        await asyncio.gather(*(collect(t) for t in self.tiles.values()))
+        for copier in self.streams:
+            code = await asyncio.to_thread(copier.stop)
+            if copier.started_at is not None:
+                copier.write_info(code)
+        notes.append(f"{len(self.streams)} media stream(s) copied")
+
+    @staticmethod
+    def _browser_version(tile: TileBrowser) -> str:
+        with contextlib.suppress(Exception):
+            if tile.browser is not None:
+                return tile.browser.version
+        return "unknown"
+
+    async def _teardown(self, display: VirtualDisplay, audio: AudioServer) -> None:
+        for copier in self.streams:
+            await asyncio.to_thread(copier.stop)
+        await asyncio.gather(*(tile.close() for tile in self.tiles.values()), return_exceptions=True)
+        audio.close()
+        display.close()
+
+    def _with_user_agent(self, provenance: Provenance) -> Provenance:
+        agents = sorted({t.user_agent for t in self.tiles.values() if t.user_agent})
+        if not agents:
+            return provenance
+        return provenance.model_copy(update={"user_agent": agents[0]})
+
+    def _tile_results(self) -> tuple[TileResult, ...]:
+        results = []
+        for layout_tile in self.layout.tiles:
+            tile = self.tiles.get(layout_tile.tile)
+            if tile is None:
+                results.append(TileResult(tile=layout_tile.tile, url=layout_tile.url, status=TileStatus.FAILED,
+                                          reason="the tile was never started"))
+                continue
+            status = tile.status
+            if status == TileStatus.RECORDING:
+                status = TileStatus.PARTIAL if self.interrupted else TileStatus.COMPLETE
+            reason = tile.reason or (self.stop_reason if self.interrupted else "")
+            results.append(
+                TileResult(
+                    tile=tile.tile, url=tile.url, status=status, reason=reason, final_url=tile.final_url,
+                    redirect_chain=tuple(tile.redirect_chain), title=tile.title, http_status=tile.http_status,
+                    remote_ip=tile.remote_ip, user_agent=tile.user_agent, audio_sink=f"wz_tile{tile.tile}",
+                    media_urls=tuple(tile.media_urls), loaded_at=tile.loaded_at, failed_at=tile.failed_at,
+                    metrics=tile.metrics,
+                )
+            )
+        return tuple(results)

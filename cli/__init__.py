@@ -1,0 +1,1 @@
+"""The `wz` command line."""

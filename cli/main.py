@@ -1,0 +1,212 @@
+"""The `wz` command.
+
+Exit codes: 0 complete; 3 partial (some tiles failed, or the capture was interrupted);
+2 usage error; 1 nothing captured or another failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from pydantic import ValidationError
+
+from capture.job import CaptureJob
+from capture.recovery import recover_interrupted
+from capture.targets import MAX_TILES, validate_targets
+from evidence import (
+    CaptureEvent,
+    CaptureRequest,
+    CaptureStatus,
+    ConfigurationError,
+    EventKind,
+    EvidenceError,
+    Manifest,
+    Settings,
+    UsageError,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+STATUS_EXIT = {CaptureStatus.COMPLETE: EXIT_OK, CaptureStatus.PARTIAL: EXIT_PARTIAL, CaptureStatus.FAILED: EXIT_FAILED}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that says what is wrong in one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"wz: {message} (see wz {self.prog.split()[-1]} --help)\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"duration must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be more than 0 seconds, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wz", description="Wangzheng (网证): internet evidence capture and preservation")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    capture = commands.add_parser("capture", help="record 1-9 pages at once into one synchronized video")
+    capture.add_argument("urls", nargs="+", metavar="URL")
+    capture.add_argument("--duration", type=_duration, help="seconds to record (default: until Ctrl-C or SIGTERM)")
+    capture.add_argument("--out", type=Path, help="directory for the capture's files")
+    capture.add_argument("--fps", type=int, default=15, help="frames per second of the composite (1-30)")
+    capture.add_argument("--layout", default="auto", help="auto or ROWSxCOLS, e.g. 2x2")
+    capture.add_argument("--case", dest="case_id", help="case identifier recorded in the manifest")
+    capture.add_argument("--operator", default=None, help="who runs the capture (default: the login name)")
+    capture.add_argument("--json", action="store_true", help="print a JSON summary last on stdout")
+
+    fixtures = commands.add_parser("fixtures", help="offline demo pages for the demo and the tests")
+    fixture_commands = fixtures.add_subparsers(dest="fixtures_command", required=True, parser_class=_Parser)
+    serve = fixture_commands.add_parser("serve", help="serve the demo pages")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--host", default="127.0.0.1")
+
+    recover = commands.add_parser("recover", help="finalize captures interrupted by a crash")
+    recover.add_argument("--json", action="store_true")
+    return parser
+
+
+class ProgressPrinter:
+    """A live status line per tile on a terminal; plain event lines otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self._last_progress = 0.0
+
+    def __call__(self, event: CaptureEvent) -> None:
+        if event.kind == EventKind.PROGRESS:
+            if self.live:
+                self.stream.write("\r\033[K" + event.message)
+                self.stream.flush()
+                return
+            now = time.monotonic()
+            if now - self._last_progress < 5:
+                return
+            self._last_progress = now
+        if self.live:
+            self.stream.write("\r\033[K")
+        self.stream.write(f"[{event.at:%H:%M:%S}] {event.message}\n")
+        self.stream.flush()
+
+
+def summary(manifest: Manifest, directory: Path) -> dict[str, object]:
+    return {
+        "capture_id": manifest.capture_id,
+        "status": manifest.status.value,
+        "reason": manifest.reason,
+        "directory": str(directory),
+        "manifest": str(directory / "manifest.json"),
+        "recorded_seconds": manifest.recorded_seconds,
+        "tiles": [
+            {"tile": t.tile, "url": t.url, "status": t.status.value, "reason": t.reason} for t in manifest.tiles
+        ],
+    }
+
+
+def _recover(settings: Settings, quiet: bool = False) -> list[dict[str, object]]:
+    done: list[dict[str, object]] = []
+    for directory, result in recover_interrupted(settings):
+        if isinstance(result, EvidenceError):
+            print(f"wz: could not finalize the interrupted capture in {directory}: {result}", file=sys.stderr)
+            done.append({"directory": str(directory), "error": str(result)})
+            continue
+        if not quiet:
+            print(f"wz: finalized interrupted capture {result.capture_id} as {result.status.value}: "
+                  f"{directory / 'manifest.json'}", file=sys.stderr)
+        done.append(summary(result, directory))
+    return done
+
+
+def run_capture(args: argparse.Namespace, settings: Settings) -> int:
+    urls = validate_targets(list(args.urls), allow_private=settings.capture_allow_private)
+    if args.duration is not None and args.duration > settings.max_duration_seconds:
+        raise UsageError(f"--duration {args.duration:g} is over the maximum of {settings.max_duration_seconds:g} s "
+                         "(WZ_MAX_DURATION_SECONDS)")
+    if not 1 <= args.fps <= 30:
+        raise UsageError(f"--fps must be 1 to 30, not {args.fps}")
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        raise UsageError(f"--out {args.out} is not empty; give a new or empty directory")
+    operator = args.operator or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    try:
+        request = CaptureRequest(
+            urls=tuple(urls), duration_seconds=args.duration, out_dir=str(args.out) if args.out else None,
+            fps=args.fps, layout=args.layout, case_id=args.case_id, operator=operator,
+        )
+    except ValidationError as exc:
+        raise UsageError(exc.errors()[0]["msg"]) from exc
+    job = CaptureJob(request, settings, on_event=ProgressPrinter(sys.stderr))
+
+    async def main() -> Manifest:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, job.request_stop, "interrupted by the operator (SIGINT)")
+        loop.add_signal_handler(signal.SIGTERM, job.request_stop, "interrupted by SIGTERM")
+        return await job.run()
+
+    print(f"wz: capture {job.capture_id} of {len(urls)} page(s) into {job.capture_dir}", file=sys.stderr)
+    manifest = asyncio.run(main())
+    result = summary(manifest, job.capture_dir)
+    print(f"wz: {manifest.status.value}: {job.capture_dir / 'manifest.json'}", file=sys.stderr)
+    for tile in manifest.tiles:
+        print(f"wz:   tile {tile.tile} {tile.status.value:8} {tile.url}"
+              + (f"  ({tile.reason})" if tile.reason else ""), file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    return STATUS_EXIT[manifest.status]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"wz: bad setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "fixtures":
+            from capture.fixtures import serve_forever
+
+            serve_forever(settings.fixtures_dir, args.host, args.port)
+            return EXIT_OK
+        if args.command == "recover":
+            done = _recover(settings)
+            if args.json:
+                print(json.dumps(done, ensure_ascii=False))
+            elif not done:
+                print("wz: no interrupted capture to finalize", file=sys.stderr)
+            return EXIT_OK
+        _recover(settings)
+        if len(args.urls) > MAX_TILES:
+            raise UsageError(f"at most {MAX_TILES} URLs can be recorded at once, {len(args.urls)} given")
+        return run_capture(args, settings)
+    except (UsageError, ConfigurationError) as exc:
+        print(f"wz: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EvidenceError as exc:
+        print(f"wz: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("wz: interrupted", file=sys.stderr)
+        return EXIT_PARTIAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

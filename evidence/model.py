@@ -1,0 +1,269 @@
+"""The typed, immutable evidence model.
+
+A capture produces one `Manifest`: what was asked, where and how it was recorded (`Provenance`),
+the grid (`Layout`), each tile's outcome (`TileResult`), each step of the capture state machine
+(`Step`) and every file kept (`Artifact`). Progress is reported as `CaptureEvent`s, which the CLI
+prints and the future API will stream.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MANIFEST_SCHEMA = "wangzheng/capture-manifest/v1"
+
+HexSha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Frozen(BaseModel):
+    """Base for every model here: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CaptureStatus(StrEnum):
+    RECORDING = "recording"
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+
+class TileStatus(StrEnum):
+    PENDING = "pending"
+    LOADING = "loading"
+    RECORDING = "recording"
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+
+class StepName(StrEnum):
+    """The capture state machine, in order."""
+
+    INIT = "init"
+    ENVIRONMENT = "environment"
+    SETUP = "setup"
+    LOAD = "load"
+    RECORD = "record"
+    COLLECT = "collect"
+    FINALIZE = "finalize"
+    MANIFEST = "manifest"
+    RECOVER = "recover"
+
+
+class StepOutcome(StrEnum):
+    OK = "ok"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class ArtifactRole(StrEnum):
+    COMPOSITE = "composite"
+    TILE_VIDEO = "tile-video"
+    SEGMENT = "segment"
+    AUDIO_SEGMENT = "audio-segment"
+    FRAME_TIMES = "frame-times"
+    SCREENSHOT = "screenshot"
+    DOM = "dom"
+    HAR = "har"
+    CONSOLE = "console"
+    TIMELINE = "timeline"
+    CERTIFICATE = "certificate"
+    STREAM = "stream"
+    PAGE_INFO = "page-info"
+    STREAM_INFO = "stream-info"
+    LOG = "log"
+
+
+class Digests(Frozen):
+    sha256: HexSha256
+    sm3: HexSha256
+
+
+class Rect(Frozen):
+    """A rectangle in the composite video, in pixels."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.width, self.height]
+
+
+class TileLayout(Frozen):
+    tile: int = Field(ge=1, le=9)
+    url: str
+    rect: Rect
+    label_rect: Rect
+
+
+class Layout(Frozen):
+    """The grid: where each tile sits in the composite video."""
+
+    rows: int = Field(ge=1, le=3)
+    cols: int = Field(ge=1, le=3)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    fps: int = Field(ge=1, le=60)
+    header_rect: Rect
+    tiles: tuple[TileLayout, ...]
+
+    def tile(self, number: int) -> TileLayout:
+        for tile in self.tiles:
+            if tile.tile == number:
+                return tile
+        raise KeyError(f"no tile {number} in this layout")
+
+
+class Artifact(Frozen):
+    """One file kept by a capture, addressed relative to the capture directory."""
+
+    path: str
+    role: ArtifactRole
+    media_type: str
+    size: int = Field(ge=0)
+    digests: Digests
+    tile: int | None = None
+    description: str = ""
+    source_url: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative_posix(cls, value: str) -> str:
+        if value.startswith("/") or "\\" in value or ".." in value.split("/"):
+            raise ValueError(f"artifact path must be relative inside the capture directory: {value!r}")
+        return value
+
+
+class Step(Frozen):
+    name: StepName
+    outcome: StepOutcome
+    started_at: datetime
+    ended_at: datetime
+    detail: str = ""
+
+
+class TileResult(Frozen):
+    tile: int = Field(ge=1, le=9)
+    url: str
+    status: TileStatus
+    reason: str = ""
+    final_url: str | None = None
+    redirect_chain: tuple[str, ...] = ()
+    title: str | None = None
+    http_status: int | None = None
+    remote_ip: str | None = None
+    user_agent: str | None = None
+    audio_sink: str | None = None
+    media_urls: tuple[str, ...] = ()
+    loaded_at: datetime | None = None
+    failed_at: datetime | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class ClockCheck(Frozen):
+    """The local clock against an NTP server, or why that could not be measured."""
+
+    server: str
+    offset_seconds: float | None = None
+    round_trip_seconds: float | None = None
+    checked_at: datetime
+    error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.offset_seconds is not None
+
+
+class Provenance(Frozen):
+    """Who captured what, where, with which tools: the environment a court asks about."""
+
+    tool: str
+    tool_version: str
+    git_commit: str | None
+    python: str
+    components: dict[str, str]
+    os: str
+    kernel: str
+    hostname: str
+    ip_addresses: tuple[str, ...]
+    user_agent: str | None
+    launch_flags: tuple[str, ...]
+    options: dict[str, Any]
+    operator: str
+    case_id: str | None
+    proxy: dict[str, str]
+    etc_hosts_sha256: str | None
+    resolv_conf: str | None
+    dns: dict[str, tuple[str, ...]]
+    dns_errors: dict[str, str] = Field(default_factory=dict)
+    clock: ClockCheck
+    timezone: str
+    browser_profile: str
+
+
+class Manifest(Frozen):
+    """Everything a capture kept and everything that happened to it."""
+
+    schema_id: str = Field(default=MANIFEST_SCHEMA, alias="schema")
+    capture_id: str
+    status: CaptureStatus
+    reason: str = ""
+    started_at: datetime
+    ended_at: datetime
+    requested_duration_seconds: float | None
+    recorded_seconds: float
+    provenance: Provenance
+    layout: Layout
+    tiles: tuple[TileResult, ...]
+    steps: tuple[Step, ...]
+    artifacts: tuple[Artifact, ...]
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def artifacts_for(self, role: ArtifactRole, tile: int | None = None) -> tuple[Artifact, ...]:
+        return tuple(a for a in self.artifacts if a.role == role and (tile is None or a.tile == tile))
+
+
+class CaptureRequest(Frozen):
+    """What an investigator asked to capture."""
+
+    urls: tuple[str, ...] = Field(min_length=1, max_length=9)
+    duration_seconds: float | None = Field(default=None, gt=0)
+    out_dir: str | None = None
+    fps: int = Field(default=15, ge=1, le=30)
+    layout: str = "auto"
+    case_id: str | None = None
+    operator: str = "unknown"
+
+
+class EventKind(StrEnum):
+    STEP = "step"
+    TILE = "tile"
+    PROGRESS = "progress"
+    ARTIFACT = "artifact"
+    DONE = "done"
+
+
+class CaptureEvent(Frozen):
+    """A progress report from a running capture, for a terminal, a log or a web page."""
+
+    capture_id: str
+    at: datetime
+    kind: EventKind
+    message: str
+    step: StepName | None = None
+    outcome: StepOutcome | None = None
+    tile: int | None = None
+    tile_status: TileStatus | None = None
+    status: CaptureStatus | None = None
+    elapsed_seconds: float | None = None
