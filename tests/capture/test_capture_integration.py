@@ -1,0 +1,292 @@
+"""End to end: real Chromium on Xvfb, PulseAudio sinks and ffmpeg, against the demo pages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from capture.analysis import audio_tone, sync_report, tile_timecodes
+from capture.assemble import load_manifest
+from capture.fixtures import (
+    PATH_FAIL_404,
+    PATH_FAIL_HANG_LOAD,
+    PATH_FAIL_HANG_RENDERER,
+    PATH_PRODUCT,
+    ROOM_TONES,
+    FixtureServer,
+    live_path,
+)
+from evidence import ArtifactRole, CaptureStatus, Manifest, StepName, TileStatus
+from hashing import digest_file
+from tests.conftest import REPO, wz
+
+pytestmark = pytest.mark.integration
+
+DURATION = 12.0
+
+
+def ffprobe(path: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    )
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def decodes_fully(path: Path) -> bool:
+    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                            text=True, check=False)
+    return result.returncode == 0 and not result.stderr.strip()
+
+
+@pytest.fixture(scope="module")
+def four_rooms(demo_server: FixtureServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, dict]:
+    """One capture of three livestream rooms and the product page, shared by the assertions below."""
+    base = tmp_path_factory.mktemp("four")
+    out = base / "capture"
+    env = {**os.environ, "WZ_DATA_DIR": str(base / "data"), "WZ_CAPTURE_ALLOW_PRIVATE": "1",
+           "WZ_NTP_TIMEOUT_SECONDS": "1"}
+    urls = [demo_server.base_url + live_path(r) for r in (1, 2, 3)] + [demo_server.base_url + PATH_PRODUCT]
+    result = wz(["capture", *urls, "--duration", str(DURATION), "--out", str(out), "--json", "--case", "T-1",
+                 "--operator", "tester"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return load_manifest(out), out, summary
+
+
+def test_summary_and_manifest_agree(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, summary = four_rooms
+    assert summary["status"] == "complete" == manifest.status.value
+    assert summary["capture_id"] == manifest.capture_id
+    assert Path(summary["manifest"]) == out / "manifest.json"
+    assert [t["status"] for t in summary["tiles"]] == ["complete"] * 4
+    assert manifest.provenance.operator == "tester" and manifest.provenance.case_id == "T-1"
+    assert [s.name for s in manifest.steps] == [StepName.INIT, StepName.ENVIRONMENT, StepName.SETUP, StepName.RECORD,
+                                                StepName.LOAD, StepName.COLLECT, StepName.FINALIZE, StepName.MANIFEST]
+
+
+def test_composite_has_the_duration_layout_and_one_track_per_tile(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, _ = four_rooms
+    composite = out / "composite.mp4"
+    info = ffprobe(composite)
+    video = [s for s in info["streams"] if s["codec_type"] == "video"]
+    audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+    assert len(video) == 1 and video[0]["codec_name"] == "h264"
+    assert (video[0]["width"], video[0]["height"]) == (manifest.layout.width, manifest.layout.height) == (1280, 784)
+    assert len(audio) == 4 and all(s["codec_name"] == "aac" for s in audio)
+    for index, stream in enumerate(audio):
+        assert stream["tags"]["handler_name"] == f"Tile {index + 1}: {manifest.tiles[index].url}"
+    duration = float(video[0]["duration"])
+    assert abs(duration - DURATION) < 1.0, duration
+    assert abs(manifest.recorded_seconds - DURATION) < 1.0
+    assert decodes_fully(composite)
+    # faststart: the index comes before the media data
+    head = composite.read_bytes()[:200_000]
+    assert head.find(b"moov") < head.find(b"mdat")
+
+
+def test_each_audio_track_carries_its_own_room(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    _, out, _ = four_rooms
+    for track, room in enumerate((1, 2, 3)):
+        frequency, level = audio_tone(out / "composite.mp4", track, skip_seconds=5)
+        assert abs(frequency - ROOM_TONES[room]) < 5, (track, frequency)
+        assert level > 0.01
+    _, silence = audio_tone(out / "composite.mp4", 3, skip_seconds=5)
+    assert silence < 0.001  # the product page has no sound: a silent track
+
+
+def test_every_tile_time_code_advances_in_sync(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, _ = four_rooms
+    codes = tile_timecodes(out / "composite.mp4", manifest.layout)
+    report = sync_report(codes, manifest.layout.fps, skip_seconds=6)
+    for tile in (1, 2, 3, 4):
+        assert report.decoded_share[tile] > 0.9, report
+        assert report.advancing[tile], report
+        assert report.distinct_fps[tile] > 8, report
+    assert report.skew_p50 < 200, report
+
+
+def test_frame_times_cover_every_composite_frame(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, _ = four_rooms
+    rows = (out / "frames.csv").read_text().splitlines()
+    assert rows[0] == "frame,composite_seconds,utc,epoch_seconds,segment"
+    frames = int(cv2.VideoCapture(str(out / "composite.mp4")).get(cv2.CAP_PROP_FRAME_COUNT))
+    assert len(rows) - 1 == frames
+    epochs = [float(r.split(",")[3]) for r in rows[1:]]
+    assert epochs == sorted(epochs)
+    assert manifest.started_at.timestamp() - 1 < epochs[0] < epochs[-1] < manifest.ended_at.timestamp()
+    assert abs((epochs[-1] - epochs[0]) - DURATION) < 1.0
+
+
+def test_tile_videos_are_cut_at_full_tile_resolution(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, _ = four_rooms
+    for tile in manifest.tiles:
+        info = ffprobe(out / "tiles" / str(tile.tile) / "video.mp4")
+        video = next(s for s in info["streams"] if s["codec_type"] == "video")
+        audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+        assert (video["width"], video["height"]) == (640, 360)
+        assert len(audio) == 1
+    frequency, _ = audio_tone(out / "tiles" / "2" / "video.mp4", 0, skip_seconds=5)
+    assert abs(frequency - ROOM_TONES[2]) < 5
+
+
+def test_page_artifacts_and_stream_copies(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, _ = four_rooms
+    for tile in manifest.tiles:
+        directory = out / "tiles" / str(tile.tile)
+        for name in ("screenshot-start.png", "screenshot-end.png", "dom-start.html", "dom-end.html",
+                     "network.har", "timeline.jsonl", "console.jsonl", "page.json"):
+            assert (directory / name).stat().st_size > 0, (tile.tile, name)
+        har = json.loads((directory / "network.har").read_text())
+        assert any(e["request"]["url"] == tile.url and e["response"]["status"] == 200 for e in har["log"]["entries"])
+        assert tile.http_status == 200 and tile.final_url == tile.url and tile.remote_ip == "127.0.0.1"
+        assert tile.title
+    product_shot = cv2.imread(str(out / "tiles" / "4" / "screenshot-start.png"))
+    assert product_shot.shape[0] > 2 * 360  # full page, not just the window
+    for room in (1, 2, 3):
+        tile = manifest.tiles[room - 1]
+        assert any(u.endswith(".m3u8") for u in tile.media_urls)
+        streams = manifest.artifacts_for(ArtifactRole.STREAM, tile=room)
+        assert streams, f"no stream copy for room {room}"
+        info = ffprobe(out / streams[0].path)
+        assert {s["codec_name"] for s in info["streams"]} >= {"h264", "aac"}
+        assert float(info["format"]["duration"]) > 3
+
+
+def test_manifest_lists_every_file_with_its_digests(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, _ = four_rooms
+    roles = {a.role for a in manifest.artifacts}
+    assert {ArtifactRole.COMPOSITE, ArtifactRole.TILE_VIDEO, ArtifactRole.SEGMENT, ArtifactRole.AUDIO_SEGMENT,
+            ArtifactRole.FRAME_TIMES, ArtifactRole.SCREENSHOT, ArtifactRole.DOM, ArtifactRole.HAR,
+            ArtifactRole.TIMELINE, ArtifactRole.STREAM} <= roles
+    for artifact in manifest.artifacts:
+        size, digests = digest_file(out / artifact.path)
+        assert (size, digests) == (artifact.size, artifact.digests), artifact.path
+    assert [t.rect.as_list() for t in manifest.layout.tiles][3] == [640, 424, 640, 360]
+    provenance = manifest.provenance
+    assert provenance.components["chromium"].startswith("Chromium")
+    assert "127.0.0.1" in provenance.dns
+    assert provenance.clock.available or (provenance.clock.error or "").startswith("unavailable")
+    assert provenance.user_agent and "HeadlessChrome" not in provenance.user_agent
+    assert "--mute-audio" not in provenance.launch_flags
+
+
+def test_failed_tiles_are_recorded_and_the_others_go_on(demo_server: FixtureServer, tmp_path: Path,
+                                                        wz_env: dict[str, str]) -> None:
+    base = demo_server.base_url
+    urls = [base + PATH_FAIL_404, base + PATH_FAIL_HANG_LOAD, base + PATH_FAIL_HANG_RENDERER, base + live_path(4),
+            "http://127.0.0.1:9/unreachable"]
+    env = {**wz_env, "WZ_LOAD_TIMEOUT_SECONDS": "6"}
+    result = wz(["capture", *urls, "--duration", "14", "--out", str(tmp_path / "c"), "--json"], env)
+    assert result.returncode == 3, result.stderr[-3000:]
+    manifest = load_manifest(tmp_path / "c")
+    assert manifest.status == CaptureStatus.PARTIAL
+    tiles = {t.tile: t for t in manifest.tiles}
+    assert tiles[1].status == TileStatus.FAILED and tiles[1].reason == "HTTP 404"
+    assert tiles[2].status == TileStatus.FAILED and "did not finish loading" in tiles[2].reason
+    assert tiles[3].status == TileStatus.FAILED and "hung" in tiles[3].reason
+    assert tiles[4].status == TileStatus.COMPLETE
+    assert tiles[5].status == TileStatus.FAILED and "ERR_CONNECTION_REFUSED" in tiles[5].reason
+    assert decodes_fully(tmp_path / "c" / "composite.mp4")
+    frequency, _ = audio_tone(tmp_path / "c" / "composite.mp4", 3, skip_seconds=6)
+    assert abs(frequency - ROOM_TONES[4]) < 5
+    load = next(s for s in manifest.steps if s.name == StepName.LOAD)
+    assert load.outcome.value == "partial" and "HTTP 404" in load.detail
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_segments(out: Path, count: int, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list((out / "segments").glob("video_*.ts"))) < count:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the capture did not start recording"
+        time.sleep(0.2)
+
+
+def test_ctrl_c_ends_the_capture_cleanly(demo_server: FixtureServer, tmp_path: Path, wz_env: dict[str, str]) -> None:
+    out = tmp_path / "c"
+    process = _start(["capture", demo_server.base_url + live_path(1), "--duration", "120", "--out", str(out),
+                      "--json"], wz_env)
+    _wait_for_segments(out, 2, process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["status"] == "partial"
+    manifest = load_manifest(out)
+    assert "interrupted" in manifest.reason and "SIGINT" in manifest.reason
+    assert 4 < manifest.recorded_seconds < 60
+    assert decodes_fully(out / "composite.mp4")
+    assert (out / "tiles" / "1" / "screenshot-end.png").exists()
+
+
+def test_sigterm_without_duration_is_a_normal_end(demo_server: FixtureServer, tmp_path: Path,
+                                                  wz_env: dict[str, str]) -> None:
+    out = tmp_path / "c"
+    process = _start(["capture", demo_server.base_url + PATH_PRODUCT, "--out", str(out), "--json"], wz_env)
+    _wait_for_segments(out, 2, process)
+    process.send_signal(signal.SIGTERM)
+    _stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert load_manifest(out).status == CaptureStatus.COMPLETE
+
+
+def _processes_using(path: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmdline:
+                found.append(cmdline[:200])
+    return found
+
+
+def test_kill_9_loses_at_most_the_open_segment_and_is_recovered(demo_server: FixtureServer, tmp_path: Path,
+                                                                 wz_env: dict[str, str]) -> None:
+    out = tmp_path / "c"
+    process = _start(["capture", demo_server.base_url + live_path(2), demo_server.base_url + live_path(3),
+                      "--duration", "120", "--out", str(out)], wz_env)
+    _wait_for_segments(out, 3, process)
+    closed_before = len((out / "segments" / "video.csv").read_text().splitlines())
+    process.kill()
+    process.communicate(timeout=30)
+    # Children die with the capture: nothing keeps recording into its directory.
+    deadline = time.monotonic() + 20
+    while _processes_using(out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_using(out)
+    assert not (out / "manifest.json").exists()
+
+    result = wz(["recover", "--json"], wz_env)
+    assert result.returncode == 0, result.stderr
+    recovered = json.loads(result.stdout)
+    assert [r["capture_id"] for r in recovered] == [json.loads((out / "capture.json").read_text())["capture_id"]]
+    manifest = load_manifest(out)
+    assert manifest.status == CaptureStatus.PARTIAL
+    assert manifest.reason.startswith("interrupted")
+    assert manifest.steps[-1].name == StepName.RECOVER
+    assert decodes_fully(out / "composite.mp4")
+    segments = manifest.artifacts_for(ArtifactRole.SEGMENT)
+    assert len(segments) >= closed_before
+    assert manifest.recorded_seconds >= closed_before * 4
+    for tile in (1, 2):
+        assert (out / "tiles" / str(tile) / "video.mp4").exists()
+    # A second command finds nothing left to recover.
+    again = wz(["recover", "--json"], wz_env)
+    assert json.loads(again.stdout) == []
