@@ -92,9 +92,9 @@ def sync_report(codes: list[dict[int, int | None]], fps: float, *, skip_seconds:
         steps = [timecode_delta_ms(b, a) for a, b in itertools.pairwise(seen)]
         report.advancing[tile] = bool(steps) and sum(steps) > 0 and statistics.median(steps) >= 0
     for frame in window:
-        values: list[int] = [v for v in frame.values() if v is not None]
-        if len(values) >= 2 and len(values) == len(frame):
-            offsets = [timecode_delta_ms(v, values[0]) for v in values]
+        shown = [v for v in frame.values() if v is not None]
+        if len(shown) >= 2 and len(shown) == len(frame):
+            offsets = [timecode_delta_ms(v, shown[0]) for v in shown]
             report.skew_ms.append(float(max(offsets) - min(offsets)))
     return report
 

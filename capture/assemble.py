@@ -144,7 +144,8 @@ def assemble_videos(
                         composite=False)
     origin = video.first_pts
     try:
-        composite = mux_composite(capture_dir, layout, video, audio, origin=origin, ffmpeg_path=ffmpeg_path, log=log)
+        composite = mux_composite(capture_dir, layout, video, audio, origin=origin, ffmpeg_path=ffmpeg_path,
+                                  ffprobe=ffprobe, log=log)
     except EvidenceError as exc:
         return Assembly(recorded_seconds=0.0, frames=0, problems=(*problems, str(exc)), composite=False)
     _frames_path, frames, covered = write_frame_times(capture_dir, video, t0=t0, origin=origin, ffprobe=ffprobe)

@@ -1,19 +1,16 @@
 """Turn closed segments into the deliverables: the composite MP4, each tile's MP4, the frame times.
 
 Works from what is on disk alone, so the same code finishes a normal capture and recovers an
-interrupted one. Segments are fed to ffmpeg through pipes in order; MPEG-TS timestamps are absolute
-(relative to the capture's shared epoch `t0`), so a lost segment leaves a gap, never a shift.
+interrupted one. Segments are joined by ffmpeg's concat demuxer with the measured distance between segment starts,
+so every packet keeps its recorded time on the capture's shared clock: a lost segment leaves a gap,
+never a shift.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
 import re
-import shutil
 import subprocess
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,36 +70,27 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
     return SegmentSet(name=name, segments=tuple(good), damaged=tuple(damaged), first_pts=first)
 
 
-class _Feeder(threading.Thread):
-    """Writes segment files, one after another, into a pipe ffmpeg reads as one stream."""
+def write_concat_list(segments: SegmentSet, path: Path, ffprobe: str) -> None:
+    """An ffconcat list whose per-file durations are the gaps between first timestamps.
 
-    def __init__(self, paths: Sequence[Path], fd: int) -> None:
-        super().__init__(daemon=True)
-        self.paths = paths
-        self.fd = fd
+    The concat demuxer places file i at the sum of the earlier durations; giving it the true distance
+    between segment starts keeps every packet at its recorded time, gaps included, with no drift.
+    """
+    starts = [min(_probe_packets(ffprobe, seg, "v:0" if segments.name == "video" else "a:0"))
+              for seg in segments.segments]
+    lines = ["ffconcat version 1.0"]
+    for index, segment in enumerate(segments.segments):
+        lines.append(f"file '{segment.resolve()}'")
+        if index + 1 < len(starts):
+            lines.append(f"duration {starts[index + 1] - starts[index]:.6f}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    def run(self) -> None:
-        with contextlib.suppress(BrokenPipeError), os.fdopen(self.fd, "wb") as sink:
-            for path in self.paths:
-                with path.open("rb") as source:
-                    shutil.copyfileobj(source, sink, 1 << 20)
 
-
-def _run_with_pipes(argv: list[str], feeds: list[tuple[int, int, Sequence[Path]]], log: Path) -> None:
-    """Run ffmpeg with `pipe:N` inputs fed from segment lists; raise RecorderFailed on error."""
-    read_fds = [r for r, _w, _paths in feeds]
+def _run(argv: list[str], log: Path, what: str) -> None:
     with log.open("ab") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, pass_fds=read_fds)
-    for fd in read_fds:
-        os.close(fd)
-    feeders = [_Feeder(paths, w) for _r, w, paths in feeds]
-    for feeder in feeders:
-        feeder.start()
-    code = process.wait()
-    for feeder in feeders:
-        feeder.join(timeout=30)
+        code = subprocess.run(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, check=False).returncode
     if code != 0:
-        raise RecorderFailed(f"ffmpeg could not mux the recording (exit {code}); see {log}")
+        raise RecorderFailed(f"ffmpeg could not {what} (exit {code}); see {log}")
 
 
 def mux_composite(
@@ -113,18 +101,23 @@ def mux_composite(
     *,
     origin: float,
     ffmpeg_path: str,
+    ffprobe: str,
     log: Path,
 ) -> Path:
     """composite.mp4: the screen video and one AAC track per tile, all shifted by `origin` together."""
     if not video.segments:
         raise RecorderFailed("the screen recorder left no playable segment; nothing to assemble")
-    feeds: list[tuple[int, int, Sequence[Path]]] = []
+    work = capture_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
     inputs = []
     duration = None
-    for segments in [video.segments, *(audio[t.tile].segments for t in layout.tiles if audio[t.tile].segments)]:
-        read_fd, write_fd = os.pipe()
-        feeds.append((read_fd, write_fd, segments))
-        inputs.append(ffmpeg.input(f"pipe:{read_fd}", f="mpegts", itsoffset=f"{-origin:.6f}"))
+    for segments in [video, *(audio[t.tile] for t in layout.tiles if audio[t.tile].segments)]:
+        assert segments.first_pts is not None
+        listing = work / f"{segments.name}.ffconcat"
+        write_concat_list(segments, listing, ffprobe)
+        # Each list starts at 0; shifting it by its own first timestamp puts all on the video's clock.
+        inputs.append(ffmpeg.input(str(listing), f="concat", safe=0, thread_queue_size=512,
+                                   itsoffset=f"{segments.first_pts - origin:.6f}"))
     streams = [inputs[0]["v"]]
     metadata: dict[str, str] = {}
     next_input = 1
@@ -151,8 +144,7 @@ def mux_composite(
     )
     argv = out.compile(cmd=ffmpeg_path)
     # A silent track has to be encoded, and one -acodec covers every audio track.
-    argv = [argv[0], "-hide_banner", "-loglevel", "warning", "-copyts", "-y", *argv[1:]]
-    _run_with_pipes(argv, feeds, log)
+    _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log, "assemble the composite")
     return output_path
 
 
@@ -191,15 +183,12 @@ def cut_tiles(
                 acodec="copy",
                 movflags="+faststart",
                 fps_mode="passthrough",
+                enc_time_base="1:90000",
                 **{"metadata:s:a:0": f"handler_name=Tile {number}: {tile.url}"},
             )
         )
     argv = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_path)
-    argv = [argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]]
-    with log.open("ab") as sink:
-        code = subprocess.run(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, check=False).returncode
-    if code != 0:
-        raise RecorderFailed(f"ffmpeg could not cut the tile videos (exit {code}); see {log}")
+    _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log, "cut the tile videos")
     return paths
 
 
