@@ -267,3 +267,68 @@ class CaptureEvent(Frozen):
     tile_status: TileStatus | None = None
     status: CaptureStatus | None = None
     elapsed_seconds: float | None = None
+
+
+class TimestampStatus(StrEnum):
+    GRANTED = "granted"
+    PENDING = "pending"
+
+
+class TimestampRecord(Frozen):
+    """One RFC 3161 token (or a pending request) for one digest from one TSA.
+
+    Paths are relative to the folder that holds the stamped data (the capture directory).
+    """
+
+    tsa_url: str
+    local_tsa: bool
+    status: TimestampStatus
+    hash_algorithm: str
+    message_imprint: str
+    nonce: int | None = None
+    request_path: str | None = None
+    response_path: str | None = None
+    chain_path: str | None = None
+    gen_time: datetime | None = None
+    serial_number: int | None = None
+    policy: str | None = None
+    tsa_name: str | None = None
+    error: str | None = None
+
+
+class StoredObject(Frozen):
+    """One object version written to the WORM store."""
+
+    bucket: str
+    key: str
+    version_id: str
+    size: int = Field(ge=0)
+    digests: Digests
+    retention_mode: str
+    retain_until: datetime
+    legal_hold: bool = False
+    verified_at: datetime | None = None
+
+
+class CustodyEntry(Frozen):
+    """One action on one item, chained to the entry before it."""
+
+    seq: int = Field(ge=1)
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    prev_hash: HexSha256
+    entry_hash: HexSha256
+
+
+class Checkpoint(Frozen):
+    """A signed statement of the ledger's Merkle tree: size and root at a time."""
+
+    tree_size: int = Field(ge=0)
+    root_hash: HexSha256
+    at: datetime
+    signer: str
+    signature: str  # base64 DER ECDSA over the checkpoint's canonical body
+    timestamp: TimestampRecord | None = None

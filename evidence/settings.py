@@ -35,6 +35,46 @@ class Settings(BaseSettings):
     load_timeout_seconds: float = Field(default=20.0, gt=0)
     stream_copy: bool = Field(default=True, description="Copy the original media streams a page plays.")
 
+    # -- integrity and preservation (RFC 3161, S3 Object Lock, custody) --
+    tsa_urls: str = Field(default="", description="Comma-separated RFC 3161 TSA URLs; empty: the local TSA.")
+    tsa_timeout_seconds: float = Field(default=15.0, gt=0)
+    segment_stamp_seconds: float = Field(default=60.0, gt=0)
+    s3_endpoint: str = Field(default="", description="host:port of an S3 server; empty: the embedded SeaweedFS.")
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "wangzheng-evidence"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    retention_days: int = Field(default=3650, ge=1)
+    unsafe_allow_bucket_without_object_lock: bool = Field(
+        default=False,
+        description="UNSAFE: store into a bucket without Object Lock (objects could then be deleted).",
+    )
+    embedded_s3_port: int = Field(default=8333, ge=1, le=65535)
+    database_url: str = Field(default="", description="SQLAlchemy URL of the custody ledger; empty: SQLite.")
+    actor: str = Field(default="", description="Who acts, for the custody ledger; default: the login name.")
+
+    @property
+    def tsa_url_list(self) -> list[str]:
+        return [url.strip() for url in self.tsa_urls.split(",") if url.strip()]
+
+    @property
+    def keys_dir(self) -> Path:
+        """The node's local CA, evidence-signing key and local TSA key."""
+        return self.data_dir / "keys"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def services_dir(self) -> Path:
+        return self.data_dir / "services"
+
+    @property
+    def ledger_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'custody.sqlite3'}"
+
     @property
     def captures_dir(self) -> Path:
         return self.data_dir / "captures"

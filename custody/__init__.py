@@ -1,0 +1,1 @@
+"""Chain of custody: the append-only ledger, Merkle proofs, signed checkpoints."""

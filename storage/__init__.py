@@ -1,0 +1,1 @@
+"""Preservation: object-locked S3 storage, the embedded SeaweedFS, the local spool."""
