@@ -29,6 +29,7 @@ from evidence import (
     TileStatus,
 )
 from hashing import digest_file
+from hashing.canonical import canonical_json
 
 MANIFEST = "manifest.json"
 
@@ -44,6 +45,8 @@ _MEDIA_TYPES = {
     ".csv": "text/csv",
     ".pem": "application/x-pem-file",
     ".log": "text/plain",
+    ".tsq": "application/timestamp-query",
+    ".tsr": "application/timestamp-reply",
 }
 
 _TILE_FILES: list[tuple[str, ArtifactRole, str]] = [
@@ -78,6 +81,10 @@ def classify(relative: str) -> tuple[ArtifactRole, int | None, str] | None:
             if re.fullmatch(pattern, match.group(2)):
                 return role, tile, description
         return None
+    if relative == "chain.jsonl":
+        return ArtifactRole.SEGMENT_CHAIN, None, "rolling hash chain of the segments, appended as each closed"
+    if re.fullmatch(r"timestamps/chain-\d+\.\d+\.(tsq|tsr|chain\.pem)", relative):
+        return ArtifactRole.TIMESTAMP, None, "RFC 3161 request/token over the segment chain head while recording"
     if re.fullmatch(r"logs/[\w.-]+\.log", relative):
         return ArtifactRole.LOG, None, "program output during the capture"
     return None
@@ -166,11 +173,15 @@ def overall_status(tiles: tuple[TileResult, ...], *, composite: bool, interrupte
     return CaptureStatus.COMPLETE
 
 
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The canonical bytes of a manifest: exactly what is hashed, signed and timestamped."""
+    return canonical_json(manifest.model_dump(mode="json", by_alias=True))
+
+
 def write_manifest(capture_dir: Path, manifest: Manifest) -> Path:
     path = capture_dir / MANIFEST
-    text = manifest.model_dump_json(by_alias=True, indent=2)
     temp = path.with_name(path.name + ".tmp")
-    temp.write_text(text + "\n", encoding="utf-8")
+    temp.write_bytes(manifest_bytes(manifest))
     temp.replace(path)
     return path
 

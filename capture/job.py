@@ -24,11 +24,13 @@ from playwright.async_api import Playwright, async_playwright
 from capture.assemble import Assembly, assemble_videos, build_manifest, overall_status, write_manifest
 from capture.audio import AudioServer
 from capture.browser import TileBrowser, TileFailure, chromium_flags
+from capture.chain import SegmentChain, Stamp
 from capture.display import VirtualDisplay
 from capture.environment import check_components, collect_provenance, resolve_chromium
 from capture.journal import Journal
 from capture.layout import build_layout
 from capture.recorders import AudioRecorder, ScreenRecorder, StreamCopier
+from capture.registry import register
 from evidence import (
     CaptureError,
     CaptureEvent,
@@ -64,8 +66,16 @@ def _now() -> datetime:
 class CaptureJob:
     """Runs one capture from launch to manifest."""
 
-    def __init__(self, request: CaptureRequest, settings: Settings, on_event: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        request: CaptureRequest,
+        settings: Settings,
+        on_event: EventSink | None = None,
+        *,
+        stamp: Stamp | None = None,
+    ) -> None:
         self.request = request
+        self._stamp = stamp
         self.settings = settings
         self._on_event = on_event
         self.started_at = _now()
@@ -83,6 +93,7 @@ class CaptureJob:
         self.recording_started: float | None = None
         self.first_frame_seconds: float | None = None
         self._launch_monotonic = time.monotonic()
+        self.chain = SegmentChain(self.capture_dir, stamp=stamp, stamp_seconds=settings.segment_stamp_seconds)
 
     # -- events and steps ------------------------------------------------------------------------
 
@@ -139,6 +150,7 @@ class CaptureJob:
                 phase="init",
             )
             self.journal.open()
+            register(self.settings.registry_dir, self.capture_id, self.capture_dir)
         try:
             return await self._run()
         finally:
@@ -207,6 +219,7 @@ class CaptureJob:
                 # and a slow or broken page cannot delay the others.
                 load_step_started = _now()
                 tiles_task = asyncio.create_task(self._run_tiles(playwright, chromium, display, audio))
+                chain_task = asyncio.create_task(self._chain_loop())
                 with self.step(StepName.RECORD) as notes:
                     await self._record_loop(screen, audio_recorders)
                     if not tiles_task.done():
@@ -218,7 +231,14 @@ class CaptureJob:
                             browser.fail("page did not finish loading before the capture ended")
                             self._tile_event(browser)
                     await asyncio.gather(*(asyncio.to_thread(r.stop) for r in [screen, *audio_recorders]))
+                    chain_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await chain_task
+                    # The last segments closed when the recorders stopped: chain them and stamp the head.
+                    await asyncio.to_thread(self.chain.poll, final=True)
                     notes.append(self._record_summary())
+                    notes.append(f"{len(self.chain.entries)} segments chained")
+                    notes.extend("!" + problem for problem in self.chain.problems)
                     if self.interrupted:
                         notes.append("!" + self.stop_reason)
                 self._record_load_step(load_step_started)
@@ -379,6 +399,12 @@ class CaptureJob:
         if self._stop.is_set() and self.stop_reason.startswith("interrupted"):
             # Without --duration the operator's stop is the normal end of the capture.
             self.interrupted = duration is not None
+
+    async def _chain_loop(self) -> None:
+        """Hash each segment as it closes; stamping may wait on a TSA, so it never blocks the recording loop."""
+        while True:
+            await asyncio.to_thread(self.chain.poll)
+            await asyncio.sleep(1.0)
 
     def _progress_line(self, elapsed: float, limit: float | None) -> str:
         tiles = " ".join(f"{t.tile}:{t.status.value}" for t in self.tiles.values())

@@ -18,6 +18,7 @@ from capture.assemble import (
     read_tile_result,
     write_manifest,
 )
+from capture.chain import SegmentChain
 from capture.environment import check_components, collect_provenance
 from capture.journal import Journal, active_captures
 from capture.processes import pid_alive
@@ -89,6 +90,8 @@ def recover_capture(settings: Settings, capture_dir: Path) -> Manifest:
         notes.append("provenance collected at recovery time, not at capture time")
     tiles = tuple(read_tile_result(capture_dir, t.tile, t.url, reason) for t in layout.tiles)
     t0 = data.get("t0")
+    # Segments closed after the last poll (ffmpeg closes its open segment when the capture dies).
+    SegmentChain(capture_dir).poll()
     if isinstance(t0, int | float):
         assembly = assemble_videos(
             capture_dir, layout, t0=float(t0),

@@ -14,14 +14,20 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
+from capture.export import export_capture
 from capture.job import CaptureJob
+from capture.preserve import PRESERVATION, Preservation, Preserver
 from capture.recovery import recover_interrupted
+from capture.registry import known, locate
+from capture.services import Services
 from capture.targets import MAX_TILES, validate_targets
+from capture.verify import VerificationReport, verify_capture, verify_package
 from evidence import (
     CaptureEvent,
     CaptureRequest,
@@ -29,10 +35,13 @@ from evidence import (
     ConfigurationError,
     EventKind,
     EvidenceError,
+    IntegrityError,
     Manifest,
     Settings,
     UsageError,
 )
+from storage.seaweed import EmbeddedSeaweed
+from storage.spool import Spool
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,6 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     recover = commands.add_parser("recover", help="finalize captures interrupted by a crash")
     recover.add_argument("--json", action="store_true")
+
+    stamp = commands.add_parser("timestamp", help="request the RFC 3161 tokens still pending")
+    stamp.add_argument("--pending", action="store_true", required=True, help="retry every pending token")
+
+    commands.add_parser("sync", help="upload what the local spool still holds to the object store")
+
+    services = commands.add_parser("services", help="the embedded services (SeaweedFS)")
+    services_commands = services.add_subparsers(dest="services_command", required=True, parser_class=_Parser)
+    services_commands.add_parser("stop", help="stop the embedded SeaweedFS")
+
+    custody = commands.add_parser("custody", help="the chain-of-custody ledger")
+    custody_commands = custody.add_subparsers(dest="custody_command", required=True, parser_class=_Parser)
+    show = custody_commands.add_parser("show", help="print a capture's custody entries")
+    show.add_argument("capture_id")
+    show.add_argument("--json", action="store_true")
+    custody_commands.add_parser("verify", help="recompute the whole ledger: hashes, chain, Merkle tree, checkpoints")
+
+    export = commands.add_parser("export", help="write a self-verifying evidence package (zip)")
+    export.add_argument("capture_id")
+    export.add_argument("-o", "--output", type=Path, required=True)
+
+    verify = commands.add_parser("verify", help="verify an exported package (offline) or a capture (store + ledger)")
+    verify.add_argument("target", help="PACKAGE.zip or a capture id")
+    verify.add_argument("--ca", type=Path, help="pin the capturing node's CA (PEM) instead of the package's own")
+    verify.add_argument("--json", action="store_true")
     return parser
 
 
@@ -121,6 +155,26 @@ def summary(manifest: Manifest, directory: Path) -> dict[str, object]:
     }
 
 
+def _say(message: str) -> None:
+    print(f"wz: {message}", file=sys.stderr)
+
+
+def preservation_summary(preservation: Preservation) -> dict[str, object]:
+    return {
+        "manifest_sha256": preservation.manifest["sha256"],
+        "manifest_sm3": preservation.manifest["sm3"],
+        "signature": preservation.signature.get("path"),
+        "timestamps": [
+            {"tsa": t.tsa_url, "local_tsa": t.local_tsa, "status": t.status.value,
+             "gen_time": t.gen_time.isoformat() if t.gen_time else None, "error": t.error}
+            for t in preservation.timestamps
+        ],
+        "stored_objects": len(preservation.stored),
+        "custody_entries": preservation.custody_seqs,
+        "problems": preservation.problems,
+    }
+
+
 def _recover(settings: Settings, quiet: bool = False) -> list[dict[str, object]]:
     done: list[dict[str, object]] = []
     for directory, result in recover_interrupted(settings):
@@ -131,8 +185,99 @@ def _recover(settings: Settings, quiet: bool = False) -> list[dict[str, object]]
         if not quiet:
             print(f"wz: finalized interrupted capture {result.capture_id} as {result.status.value}: "
                   f"{directory / 'manifest.json'}", file=sys.stderr)
-        done.append(summary(result, directory))
+        entry = summary(result, directory)
+        try:
+            with Services(settings) as services:
+                entry["preservation"] = preservation_summary(
+                    Preserver(services, report=_say).preserve(directory))
+        except EvidenceError as exc:
+            print(f"wz: could not preserve the recovered capture {result.capture_id}: {exc}", file=sys.stderr)
+        done.append(entry)
     return done
+
+
+def _catch_up(settings: Settings) -> None:
+    """Every command finishes what earlier ones left: pending tokens, spooled uploads."""
+    pending_tokens = [d for _id, d in known(settings.registry_dir) if _has_pending_tokens(d)]
+    spooled = Spool(settings.spool_dir).pending()
+    if not pending_tokens and not spooled:
+        return
+    with Services(settings) as services:
+        preserver = Preserver(services, report=_say)
+        for directory in pending_tokens:
+            preserver.retry_timestamps(directory)
+        if spooled:
+            preserver.sync()
+
+
+def _has_pending_tokens(directory: Path) -> bool:
+    if not (directory / PRESERVATION).exists():
+        return False
+    return bool(Preservation.load(directory).pending_timestamps)
+
+
+def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
+    """timestamp, sync, services, custody, export, verify."""
+    if args.command == "services":
+        seaweed = EmbeddedSeaweed(settings.services_dir / "seaweedfs", s3_port=settings.embedded_s3_port)
+        was_running = seaweed.running()
+        seaweed.stop()
+        _say("embedded SeaweedFS stopped" if was_running else "embedded SeaweedFS was not running")
+        return EXIT_OK
+    if args.command == "verify" and args.target.endswith(".zip"):
+        return _print_verification(lambda: verify_package(Path(args.target), trusted_ca=args.ca), args.json)
+    with Services(settings) as services:
+        preserver = Preserver(services, report=_say)
+        if args.command == "timestamp":
+            left = 0
+            for _capture_id, directory in known(settings.registry_dir):
+                if _has_pending_tokens(directory):
+                    left += len(preserver.retry_timestamps(directory).pending_timestamps)
+            _say(f"{left} timestamp(s) still pending")
+            return EXIT_OK if left == 0 else EXIT_FAILED
+        if args.command == "sync":
+            left = preserver.sync()
+            _say(f"{left} file(s) still waiting in the spool")
+            return EXIT_OK if left == 0 else EXIT_FAILED
+        if args.command == "custody":
+            if args.custody_command == "verify":
+                size, root = services.ledger.verify(services.verify_checkpoint)
+                print(f"custody ledger OK: {size} entries, root {root.hex()}")
+                return EXIT_OK
+            locate(settings.registry_dir, args.capture_id)
+            entries = services.ledger.entries(subject=args.capture_id)
+            if args.json:
+                print(json.dumps([e.model_dump(mode="json") for e in entries], ensure_ascii=False))
+            for entry in entries if not args.json else []:
+                print(f"{entry.seq:>6}  {entry.at:%Y-%m-%d %H:%M:%S}Z  {entry.actor:<12} {entry.action:<18} "
+                      f"{json.dumps(entry.details, ensure_ascii=False)[:110]}")
+            return EXIT_OK
+        if args.command == "export":
+            directory = locate(settings.registry_dir, args.capture_id)
+            path = export_capture(services, directory, args.output)
+            _say(f"exported {args.capture_id} to {path}")
+            return EXIT_OK
+        directory = locate(settings.registry_dir, args.target)
+        return _print_verification(lambda: verify_capture(services, directory), args.json)
+
+
+def _print_verification(run: Callable[[], VerificationReport], as_json: bool) -> int:
+    try:
+        report = run()
+    except IntegrityError as exc:
+        failed: VerificationReport | None = getattr(exc, "report", None)
+        if failed is None:
+            raise
+        report = failed
+    if as_json:
+        print(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        for check in report.checks:
+            mark = "OK  " if check.ok else "FAIL"
+            print(f"{mark} {check.name}: {check.subject}" + (f" — {check.detail}" if check.detail else ""))
+        print(f"{'VERIFIED' if report.ok else 'NOT VERIFIED'}: {len(report.checks) - len(report.failures)} checks "
+              f"passed, {len(report.failures)} failed")
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def run_capture(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,7 +297,8 @@ def run_capture(args: argparse.Namespace, settings: Settings) -> int:
         )
     except ValidationError as exc:
         raise UsageError(exc.errors()[0]["msg"]) from exc
-    job = CaptureJob(request, settings, on_event=ProgressPrinter(sys.stderr))
+    services = Services(settings)
+    job = CaptureJob(request, settings, on_event=ProgressPrinter(sys.stderr), stamp=services.timestamper.stamp)
 
     async def main() -> Manifest:
         loop = asyncio.get_running_loop()
@@ -161,8 +307,11 @@ def run_capture(args: argparse.Namespace, settings: Settings) -> int:
         return await job.run()
 
     print(f"wz: capture {job.capture_id} of {len(urls)} page(s) into {job.capture_dir}", file=sys.stderr)
-    manifest = asyncio.run(main())
+    with services:
+        manifest = asyncio.run(main())
+        preservation = Preserver(services, report=_say).preserve(job.capture_dir)
     result = summary(manifest, job.capture_dir)
+    result["preservation"] = preservation_summary(preservation)
     print(f"wz: {manifest.status.value}: {job.capture_dir / 'manifest.json'}", file=sys.stderr)
     for tile in manifest.tiles:
         print(f"wz:   tile {tile.tile} {tile.status.value:8} {tile.url}"
@@ -193,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             elif not done:
                 print("wz: no interrupted capture to finalize", file=sys.stderr)
             return EXIT_OK
+        if args.command in ("verify", "services"):
+            return run_integrity(args, settings)
         _recover(settings)
+        _catch_up(settings)
+        if args.command != "capture":
+            return run_integrity(args, settings)
         if len(args.urls) > MAX_TILES:
             raise UsageError(f"at most {MAX_TILES} URLs can be recorded at once, {len(args.urls)} given")
         return run_capture(args, settings)

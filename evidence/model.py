@@ -77,6 +77,8 @@ class ArtifactRole(StrEnum):
     STREAM = "stream"
     PAGE_INFO = "page-info"
     STREAM_INFO = "stream-info"
+    SEGMENT_CHAIN = "segment-chain"
+    TIMESTAMP = "timestamp"
     LOG = "log"
 
 

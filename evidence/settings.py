@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # -- integrity and preservation (RFC 3161, S3 Object Lock, custody) --
     tsa_urls: str = Field(default="", description="Comma-separated RFC 3161 TSA URLs; empty: the local TSA.")
     tsa_timeout_seconds: float = Field(default=15.0, gt=0)
+    tsa_ca_file: str = Field(default="", description="PEM bundle of the roots trusted for the external TSAs.")
     segment_stamp_seconds: float = Field(default=60.0, gt=0)
     s3_endpoint: str = Field(default="", description="host:port of an S3 server; empty: the embedded SeaweedFS.")
     s3_access_key: str = ""
@@ -62,6 +63,11 @@ class Settings(BaseSettings):
     def keys_dir(self) -> Path:
         """The node's local CA, evidence-signing key and local TSA key."""
         return self.data_dir / "keys"
+
+    @property
+    def registry_dir(self) -> Path:
+        """One file per capture naming its directory, wherever --out put it."""
+        return self.data_dir / "registry"
 
     @property
     def spool_dir(self) -> Path:

@@ -1,5 +1,5 @@
 """Integrity: streaming digests (SHA-256 and SM3 in one pass)."""
 
-from hashing.digest import DigestWriter, digest_file, sm3_available
+from hashing.digest import DigestWriter, digest_file, digest_stream, sm3_available
 
-__all__ = ["DigestWriter", "digest_file", "sm3_available"]
+__all__ = ["DigestWriter", "digest_file", "digest_stream", "sm3_available"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from capture.fixtures import FixtureServer
+from storage import EmbeddedSeaweed, S3Endpoint
 
 REQUIRED_PROGRAMS = ("ffmpeg", "ffprobe", "Xvfb", "pulseaudio", "pactl")
 REPO = Path(__file__).resolve().parent.parent
@@ -38,15 +39,45 @@ def demo_server(fixture_cache: Path) -> Iterator[FixtureServer]:
         yield server
 
 
-@pytest.fixture
-def wz_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for a `wz` subprocess: its own data directory, local targets allowed."""
+# One SeaweedFS for the capture tests, on ports apart from the default instance and the storage tests'.
+TEST_S3_PORT = 19333
+TEST_S3_PORT_BASE = 19400
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    instance = EmbeddedSeaweed(tmp_path_factory.mktemp("seaweed-capture"), s3_port=TEST_S3_PORT,
+                               port_base=TEST_S3_PORT_BASE)
+    endpoint = instance.ensure_running(timeout=90)
+    yield endpoint
+    instance.stop()
+
+
+def s3_env(endpoint: S3Endpoint, bucket: str) -> dict[str, str]:
+    return {
+        "WZ_S3_ENDPOINT": endpoint.endpoint,
+        "WZ_S3_ACCESS_KEY": endpoint.access_key,
+        "WZ_S3_SECRET_KEY": endpoint.secret_key,
+        "WZ_S3_BUCKET": bucket,
+        "WZ_RETENTION_DAYS": "1",
+    }
+
+
+def base_env(data_dir: Path, endpoint: S3Endpoint) -> dict[str, str]:
+    """Environment for a `wz` subprocess: its own data directory and bucket, local targets allowed."""
+    bucket = "wz-test-" + data_dir.parent.name.lower().replace("_", "-")[-40:].strip("-")
     return {
         **os.environ,
-        "WZ_DATA_DIR": str(tmp_path / "data"),
+        "WZ_DATA_DIR": str(data_dir),
         "WZ_CAPTURE_ALLOW_PRIVATE": "1",
         "WZ_NTP_TIMEOUT_SECONDS": "1",
+        **s3_env(endpoint, bucket),
     }
+
+
+@pytest.fixture
+def wz_env(tmp_path: Path, s3_server: S3Endpoint) -> dict[str, str]:
+    return base_env(tmp_path / "data", s3_server)
 
 
 def wz(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

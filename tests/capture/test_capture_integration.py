@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -28,7 +27,8 @@ from capture.fixtures import (
 )
 from evidence import ArtifactRole, CaptureStatus, Manifest, StepName, TileStatus
 from hashing import digest_file
-from tests.conftest import REPO, wz
+from storage import S3Endpoint
+from tests.conftest import REPO, base_env, wz
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +56,12 @@ def decodes_fully(path: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def four_rooms(demo_server: FixtureServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, dict]:
+def four_rooms(demo_server: FixtureServer, tmp_path_factory: pytest.TempPathFactory,
+               s3_server: S3Endpoint) -> tuple[Manifest, Path, dict]:
     """One capture of three livestream rooms and the product page, shared by the assertions below."""
     base = tmp_path_factory.mktemp("four")
     out = base / "capture"
-    env = {**os.environ, "WZ_DATA_DIR": str(base / "data"), "WZ_CAPTURE_ALLOW_PRIVATE": "1",
-           "WZ_NTP_TIMEOUT_SECONDS": "1"}
+    env = base_env(base / "data", s3_server)
     urls = [demo_server.base_url + live_path(r) for r in (1, 2, 3)] + [demo_server.base_url + PATH_PRODUCT]
     result = wz(["capture", *urls, "--duration", str(DURATION), "--out", str(out), "--json", "--case", "T-1",
                  "--operator", "tester"], env)

@@ -1,0 +1,133 @@
+"""The rolling segment chain: each closed segment is hashed as soon as it closes and chained,
+`h_n = SHA-256(h_{n-1} || SHA-256(segment_n))`, and the head is timestamped every few minutes while
+recording, so that what was captured before a crash stays provable.
+
+`chain.jsonl` holds one line per segment; `timestamps/chain-<n>.*` the tokens over the head after
+segment n. Both are evidence files of the capture.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capture.recorders import SEGMENT_DIR
+from evidence import DigestMismatch, IntegrityError, TimestampRecord
+from hashing import digest_file
+
+CHAIN_FILE = "chain.jsonl"
+GENESIS = "0" * 64
+
+Stamp = Callable[[bytes, Path, str], list[TimestampRecord]]
+
+
+def chain_step(previous_hex: str, segment_sha256_hex: str) -> str:
+    return hashlib.sha256(bytes.fromhex(previous_hex) + bytes.fromhex(segment_sha256_hex)).hexdigest()
+
+
+def closed_segments(capture_dir: Path) -> list[str]:
+    """Names of segments the recorders have closed, from their segment lists (the open one is never listed)."""
+    names: list[str] = []
+    for listing in sorted((capture_dir / SEGMENT_DIR).glob("*.csv")):
+        with listing.open(newline="", encoding="utf-8") as handle:
+            names.extend(row[0] for row in csv.reader(handle) if row)
+    return names
+
+
+@dataclass
+class SegmentChain:
+    """Appends closed segments to `chain.jsonl`; stamps the head every `stamp_seconds`."""
+
+    capture_dir: Path
+    stamp: Stamp | None = None
+    stamp_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.path = self.capture_dir / CHAIN_FILE
+        self.entries = read_chain(self.capture_dir) if self.path.exists() else []
+        self._known = {e["file"] for e in self.entries}
+        self._last_stamp = time.monotonic()
+        self._stamped_at = len(self.entries)
+        self.problems: list[str] = []
+
+    @property
+    def head(self) -> str:
+        return str(self.entries[-1]["chain"]) if self.entries else GENESIS
+
+    def poll(self, *, final: bool = False) -> int:
+        """Hash newly closed segments; stamp the head when due (or when `final`). Returns how many were added."""
+        added = 0
+        for name in closed_segments(self.capture_dir):
+            if name in self._known:
+                continue
+            path = self.capture_dir / SEGMENT_DIR / name
+            if not path.exists():
+                continue
+            size, digests = digest_file(path)
+            entry: dict[str, Any] = {
+                "n": len(self.entries) + 1,
+                "file": f"{SEGMENT_DIR}/{name}",
+                "size": size,
+                "sha256": digests.sha256,
+                "sm3": digests.sm3,
+                "chain": chain_step(self.head, digests.sha256),
+                "at": time.time(),
+            }
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry, sort_keys=True) + "\n")
+            self.entries.append(entry)
+            self._known.add(name)
+            added += 1
+        due = time.monotonic() - self._last_stamp >= self.stamp_seconds
+        if self.stamp is not None and self.entries and len(self.entries) > self._stamped_at and (due or final):
+            self._stamp_head()
+        return added
+
+    def _stamp_head(self) -> None:
+        assert self.stamp is not None
+        n = len(self.entries)
+        self._last_stamp = time.monotonic()
+        self._stamped_at = n
+        try:
+            self.stamp(bytes.fromhex(self.head), self.capture_dir, f"chain-{n:06d}")
+        except IntegrityError as exc:
+            # A TSA that answers wrongly is reported, never silently trusted; recording goes on.
+            self.problems.append(f"timestamp of the segment chain at {n}: {exc}")
+
+
+def read_chain(capture_dir: Path) -> list[dict[str, Any]]:
+    path = capture_dir / CHAIN_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    entries = []
+    for line in lines:
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line after a crash; everything before it stands
+    return entries
+
+
+def verify_chain(entries: list[dict[str, Any]], read_sha256: Callable[[str], str | None]) -> list[str]:
+    """Recompute the chain; `read_sha256(file)` gives a segment's actual SHA-256 (None if absent).
+
+    Returns the problems found (empty when the chain holds); the caller raises or reports them.
+    """
+    problems = []
+    head = GENESIS
+    for entry in entries:
+        head = chain_step(head, str(entry["sha256"]))
+        if head != entry["chain"]:
+            problems.append(f"segment chain entry {entry['n']} ({entry['file']}): chain value does not recompute")
+        actual = read_sha256(str(entry["file"]))
+        if actual is None:
+            problems.append(f"segment chain entry {entry['n']}: {entry['file']} is missing")
+        elif actual != entry["sha256"]:
+            problems.append(str(DigestMismatch(f"{entry['file']}: SHA-256 differs from the segment chain")))
+    return problems

@@ -1,0 +1,119 @@
+"""`wz export`: one zip a court can check offline with standard tools.
+
+    <capture id>/
+      manifest.json  manifest.p7s  preservation.json  chain.jsonl  (the capture's artifacts ...)
+      certs/                  local CA and the signer's chain
+      timestamps/             each TSA's .tsq / .tsr / .chain.pem
+      custody/entries.jsonl   the capture's custody entries, one canonical entry per line
+      custody/proofs.json     an RFC 9162 inclusion proof of each entry in the checkpoint's tree
+      custody/checkpoint.*    the signed checkpoint (body, DER signature, signer certificate, token)
+      SHA256SUMS  SM3SUMS  VERIFY.md
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from pathlib import Path
+
+from capture.assemble import MANIFEST, load_manifest
+from capture.preserve import PRESERVATION, Preservation, preserved_files
+from capture.services import Services
+from custody.ledger import checkpoint_body, entry_bytes
+from evidence import DigestMismatch, EvidenceError, UsageError
+from hashing import digest_file
+from hashing.canonical import canonical_json
+
+CHUNK = 1 << 20
+VERIFY_TEMPLATE = Path(__file__).with_name("VERIFY.md.in")
+
+
+class _Sums:
+    """SHA-256 and SM3 of every member, computed while it is written into the zip."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, str]] = []
+
+    def add(self, name: str, sha256: str, sm3: str) -> None:
+        self.lines.append((name, sha256, sm3))
+
+
+def _write_file(archive: zipfile.ZipFile, source: Path, name: str, sums: _Sums, expected: str | None = None) -> None:
+    sha256 = hashlib.sha256()
+    sm3 = hashlib.new("sm3")
+    info = zipfile.ZipInfo.from_file(source, name)
+    # Media is already compressed: storing it keeps export and verification at hashing speed.
+    compressed = {".mp4", ".ts", ".mkv", ".png"}
+    info.compress_type = zipfile.ZIP_STORED if source.suffix in compressed else zipfile.ZIP_DEFLATED
+    with source.open("rb") as reader, archive.open(info, "w", force_zip64=True) as writer:
+        while chunk := reader.read(CHUNK):
+            sha256.update(chunk)
+            sm3.update(chunk)
+            writer.write(chunk)
+    if expected is not None and sha256.hexdigest() != expected:
+        raise DigestMismatch(f"{source}: changed since the capture (SHA-256 differs from the manifest); not exported")
+    sums.add(name, sha256.hexdigest(), sm3.hexdigest())
+
+
+def _write_bytes(archive: zipfile.ZipFile, data: bytes, name: str, sums: _Sums | None) -> None:
+    archive.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
+    if sums is not None:
+        sums.add(name, hashlib.sha256(data).hexdigest(), hashlib.new("sm3", data).hexdigest())
+
+
+def export_capture(services: Services, capture_dir: Path, output: Path) -> Path:
+    """Write the package; records an `exported` custody entry and a fresh checkpoint that covers it."""
+    if output.exists():
+        raise UsageError(f"{output} exists; choose another file name")
+    if not (capture_dir / PRESERVATION).exists():
+        raise EvidenceError(f"{capture_dir} has no preservation record yet; run `wz sync` or capture again")
+    manifest = load_manifest(capture_dir)
+    preservation = Preservation.load(capture_dir)
+    root = manifest.capture_id
+    ledger = services.ledger
+    ledger.append(services.actor, "exported", manifest.capture_id, {"package": output.name})
+    checkpoint = services.checkpoint()
+    entries = ledger.entries(subject=manifest.capture_id)
+    proofs = [ledger.inclusion_proof(e.seq, checkpoint.tree_size) for e in entries if e.seq <= checkpoint.tree_size]
+    expected = {a.path: a.digests.sha256 for a in manifest.artifacts}
+    expected[MANIFEST] = str(preservation.manifest["sha256"])
+    sums = _Sums()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with zipfile.ZipFile(partial, "w", allowZip64=True) as archive:
+            for relative, _media in preserved_files(capture_dir, manifest, preservation):
+                _write_file(archive, capture_dir / relative, f"{root}/{relative}", sums, expected.get(relative))
+            _write_file(archive, capture_dir / PRESERVATION, f"{root}/{PRESERVATION}", sums)
+            custody = f"{root}/custody"
+            _write_bytes(archive, b"".join(entry_bytes(e) + b"\n" for e in entries), f"{custody}/entries.jsonl", sums)
+            _write_bytes(archive, canonical_json([p.to_json() for p in proofs]), f"{custody}/proofs.json", sums)
+            body = checkpoint_body(checkpoint)
+            _write_bytes(archive, body, f"{custody}/checkpoint.body", sums)
+            _write_bytes(archive, base64.b64decode(checkpoint.signature), f"{custody}/checkpoint.sig", sums)
+            _write_bytes(archive, canonical_json(checkpoint.model_dump(mode="json")), f"{custody}/checkpoint.json",
+                         sums)
+            _write_bytes(archive, services.pem(services.signer.certificate()), f"{custody}/checkpoint-signer.pem",
+                         sums)
+            if checkpoint.timestamp is not None:
+                stamp_dir = services.checkpoint_dir
+                for name in (checkpoint.timestamp.request_path, checkpoint.timestamp.response_path,
+                             checkpoint.timestamp.chain_path):
+                    if name:
+                        _write_file(archive, stamp_dir / name, f"{custody}/{Path(name).name}", sums)
+            verify_md = VERIFY_TEMPLATE.read_text(encoding="utf-8").replace("{capture_id}", root)
+            _write_bytes(archive, verify_md.encode("utf-8"), f"{root}/VERIFY.md", sums)
+            sha_lines = "".join(f"{sha}  {name.removeprefix(root + '/')}\n" for name, sha, _ in sums.lines)
+            sm3_lines = "".join(f"{sm3}  {name.removeprefix(root + '/')}\n" for name, _, sm3 in sums.lines)
+            _write_bytes(archive, sha_lines.encode(), f"{root}/SHA256SUMS", None)
+            _write_bytes(archive, sm3_lines.encode(), f"{root}/SM3SUMS", None)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(output)
+    size, digests = digest_file(output)
+    # The package's own digests go on the record after it is written (they cannot be inside it).
+    ledger.append(services.actor, "export-written", manifest.capture_id,
+                  {"package": output.name, "size": size, "sha256": digests.sha256, "sm3": digests.sm3})
+    return output

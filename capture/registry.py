@@ -1,0 +1,34 @@
+"""Where each capture lives, wherever `--out` put it: one small file per capture under the data directory."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from evidence import UsageError
+
+_ID = re.compile(r"^wz-\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+def register(registry_dir: Path, capture_id: str, capture_dir: Path) -> None:
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    (registry_dir / capture_id).write_text(str(capture_dir.resolve()), encoding="utf-8")
+
+
+def locate(registry_dir: Path, capture_id: str) -> Path:
+    if not _ID.match(capture_id):
+        raise UsageError(f"not a capture id: {capture_id!r} (they look like wz-20261127T134512Z-ab12cd)")
+    entry = registry_dir / capture_id
+    if not entry.exists():
+        raise UsageError(f"no capture {capture_id} on this machine (see {registry_dir})")
+    directory = Path(entry.read_text(encoding="utf-8").strip())
+    if not directory.is_dir():
+        raise UsageError(f"capture {capture_id} was at {directory}, which no longer exists")
+    return directory
+
+
+def known(registry_dir: Path) -> list[tuple[str, Path]]:
+    if not registry_dir.is_dir():
+        return []
+    return [(p.name, Path(p.read_text(encoding="utf-8").strip())) for p in sorted(registry_dir.iterdir())
+            if _ID.match(p.name)]

@@ -1,0 +1,397 @@
+"""`wz verify`: check an exported package offline, or a capture against the store and the ledger.
+
+Every check is run and reported; any failure makes `verify_*` raise `IntegrityError` naming each
+failing check and artifact (the report rides on the exception for the CLI's --json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from cryptography import x509
+
+from capture.assemble import MANIFEST
+from capture.chain import verify_chain
+from capture.preserve import PRESERVATION, SIGNATURE, Preservation, object_key
+from capture.services import Services
+from custody.ledger import InclusionProof, checkpoint_body, verify_inclusion_proof
+from evidence import (
+    Artifact,
+    Checkpoint,
+    CustodyEntry,
+    EvidenceError,
+    IntegrityError,
+    Manifest,
+    TimestampRecord,
+    TimestampStatus,
+)
+from hashing import digest_stream
+from hashing.rfc3161 import verify_response
+from hashing.signing import verify_detached, verify_raw
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    subject: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class VerificationReport:
+    target: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def run(self, name: str, subject: str, check: Callable[[], str | None]) -> None:
+        """Run one check; an EvidenceError (or any parse error) is recorded as that check's failure."""
+        try:
+            detail = check() or ""
+        except (EvidenceError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            self.checks.append(Check(name, subject, False, str(exc) or type(exc).__name__))
+            return
+        self.checks.append(Check(name, subject, True, detail))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+    def raise_for_failures(self) -> None:
+        if not self.ok:
+            failed = "; ".join(f"{c.name} [{c.subject}]: {c.detail}" for c in self.failures) or "nothing was checked"
+            error = IntegrityError(f"{len(self.failures)} check(s) failed: {failed}")
+            error.report = self  # type: ignore[attr-defined]
+            raise error
+
+
+class _Source:
+    """Files of a capture, from an unpacked directory or inside a zip (streamed, never read whole)."""
+
+    def __init__(self, directory: Path | None = None, archive: zipfile.ZipFile | None = None, root: str = "") -> None:
+        self.directory = directory
+        self.archive = archive
+        self.root = root
+        self._digests: dict[str, tuple[int, str, str]] = {}
+
+    def exists(self, relative: str) -> bool:
+        if self.archive is not None:
+            try:
+                self.archive.getinfo(f"{self.root}/{relative}")
+            except KeyError:
+                return False
+            return True
+        assert self.directory is not None
+        return (self.directory / relative).is_file()
+
+    def open(self, relative: str) -> IO[bytes]:
+        if self.archive is not None:
+            return self.archive.open(f"{self.root}/{relative}")
+        assert self.directory is not None
+        return (self.directory / relative).open("rb")
+
+    def read(self, relative: str) -> bytes:
+        with self.open(relative) as handle:
+            return handle.read()
+
+    def digests(self, relative: str) -> tuple[int, str, str]:
+        """(size, SHA-256, SM3) in one streaming pass, once per file; reading a zip member also checks its CRC."""
+        if relative not in self._digests:
+            with self.open(relative) as handle:
+                size, digests = digest_stream(handle)
+            self._digests[relative] = (size, digests.sha256, digests.sm3)
+        return self._digests[relative]
+
+    def names(self) -> Iterator[str]:
+        if self.archive is not None:
+            prefix = self.root + "/"
+            for name in self.archive.namelist():
+                if name.startswith(prefix) and not name.endswith("/"):
+                    yield name.removeprefix(prefix)
+        else:
+            assert self.directory is not None
+            for path in self.directory.rglob("*"):
+                if path.is_file():
+                    yield path.relative_to(self.directory).as_posix()
+
+
+def _sums(source: _Source, name: str, algorithm: str) -> dict[str, str]:
+    listed: dict[str, str] = {}
+    for line in source.read(name).decode("utf-8").splitlines():
+        if line.strip():
+            digest, path = line.split("  ", 1)
+            listed[path] = digest
+    covered = set(listed)
+    everything = {n for n in source.names() if n not in ("SHA256SUMS", "SM3SUMS")}
+    if everything - covered:
+        raise IntegrityError(f"{name} does not list: {', '.join(sorted(everything - covered))}")
+    if algorithm and covered - everything:
+        raise IntegrityError(f"{name} lists files that are missing: {', '.join(sorted(covered - everything))}")
+    return listed
+
+
+def _check_sums(report: VerificationReport, source: _Source) -> None:
+    for listing, index, label in (("SHA256SUMS", 1, "SHA-256"), ("SM3SUMS", 2, "SM3")):
+        try:
+            listed = _sums(source, listing, label)
+        except (EvidenceError, ValueError, KeyError) as exc:
+            report.checks.append(Check(f"{label} list", listing, False, str(exc)))
+            continue
+        for path, expected in sorted(listed.items()):
+            def check(path: str = path, expected: str = expected, index: int = index, label: str = label,
+                      listing: str = listing) -> str:
+                if not source.exists(path):
+                    raise IntegrityError(f"{path} is missing")
+                if source.digests(path)[index] != expected:
+                    raise IntegrityError(f"{path}: {label} differs from {listing}")
+                return ""
+            report.run(f"{label} of file", path, check)
+
+
+def _check_manifest(report: VerificationReport, source: _Source, manifest: Manifest) -> None:
+    for artifact in manifest.artifacts:
+        def check(artifact: Artifact = artifact) -> str:
+            if not source.exists(artifact.path):
+                raise IntegrityError(f"{artifact.path} ({artifact.role.value}) is missing")
+            size, sha256, sm3 = source.digests(artifact.path)
+            if sha256 != artifact.digests.sha256:
+                raise IntegrityError(f"{artifact.path} ({artifact.role.value}): SHA-256 differs from the manifest")
+            if sm3 != artifact.digests.sm3:
+                raise IntegrityError(f"{artifact.path} ({artifact.role.value}): SM3 differs from the manifest")
+            if size != artifact.size:
+                raise IntegrityError(f"{artifact.path}: size {size} differs from the manifest's {artifact.size}")
+            return artifact.role.value
+        report.run("artifact matches manifest", artifact.path, check)
+
+
+def _load_roots(source: _Source, *paths: str) -> list[x509.Certificate]:
+    roots: list[x509.Certificate] = []
+    for path in paths:
+        if source.exists(path):
+            roots.extend(x509.load_pem_x509_certificates(source.read(path)))
+    return roots
+
+
+def _check_signature(report: VerificationReport, source: _Source, trusted: list[x509.Certificate]) -> None:
+    def check() -> str:
+        certificate = verify_detached(source.read(MANIFEST), source.read(SIGNATURE), trusted)
+        return certificate.subject.rfc4514_string()
+
+    report.run("manifest signature (CMS)", SIGNATURE, check)
+
+
+def _check_token(report: VerificationReport, source: _Source, record: TimestampRecord, digest: bytes,
+                 label: str) -> None:
+    subject = record.response_path or record.tsa_url
+    if record.status == TimestampStatus.PENDING:
+        report.checks.append(Check(label, subject, False, f"token still pending from {record.tsa_url}: {record.error}"))
+        return
+
+    def check() -> str:
+        assert record.response_path and record.nonce is not None
+        roots = _load_roots(source, *(p for p in [record.chain_path] if p))
+        info = verify_response(source.read(record.response_path), digest=digest, nonce=record.nonce, roots=roots,
+                               hash_algorithm=record.hash_algorithm)
+        kind = "local TSA (not a trusted third party)" if record.local_tsa else "TSA"
+        return f"{kind} {info.tsa_name or record.tsa_url}: {info.gen_time.isoformat()} serial {info.serial_number}"
+
+    report.run(label, subject, check)
+
+
+def _check_chain(report: VerificationReport, source: _Source) -> None:
+    if not source.exists("chain.jsonl"):
+        return
+
+    def check() -> str:
+        text = source.read("chain.jsonl").decode("utf-8")
+        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+
+        def actual(path: str) -> str | None:
+            return source.digests(path)[1] if source.exists(path) else None
+
+        problems = verify_chain(entries, actual)
+        if problems:
+            raise IntegrityError("; ".join(problems))
+        return f"{len(entries)} segments"
+
+    report.run("segment chain", "chain.jsonl", check)
+
+
+def _check_chain_tokens(report: VerificationReport, source: _Source) -> None:
+    """Tokens taken while recording stamp the chain head after segment n (timestamps/chain-<n>.<i>.tsr)."""
+    if not source.exists("chain.jsonl"):
+        return
+    entries = [json.loads(line) for line in source.read("chain.jsonl").decode().splitlines() if line.strip()]
+    for name in sorted(n for n in source.names() if n.startswith("timestamps/chain-") and n.endswith(".tsr")):
+        n = int(PurePosixPath(name).name.split(".")[0].removeprefix("chain-"))
+        request = name.removesuffix(".tsr") + ".tsq"
+        chain_pem = name.removesuffix(".tsr") + ".chain.pem"
+
+        def check(name: str = name, n: int = n, request: str = request, chain_pem: str = chain_pem) -> str:
+            if n < 1 or n > len(entries):
+                raise IntegrityError(f"{name} stamps segment {n}, which the chain does not have")
+            head = bytes.fromhex(str(entries[n - 1]["chain"]))
+            nonce = _request_nonce(source.read(request))
+            info = verify_response(source.read(name), digest=head, nonce=nonce,
+                                   roots=_load_roots(source, chain_pem))
+            return f"chain head after segment {n} at {info.gen_time.isoformat()}"
+
+        report.run("segment chain timestamp", name, check)
+
+
+def _request_nonce(tsq: bytes) -> int:
+    from asn1crypto import tsp
+
+    nonce = tsp.TimeStampReq.load(tsq)["nonce"].native
+    if nonce is None:
+        raise IntegrityError("the timestamp request has no nonce")
+    return int(nonce)
+
+
+def _check_custody(report: VerificationReport, source: _Source, capture_id: str) -> None:
+    if not source.exists("custody/entries.jsonl"):
+        report.checks.append(Check("custody entries", "custody/entries.jsonl", False, "missing"))
+        return
+    lines = [line for line in source.read("custody/entries.jsonl").splitlines() if line.strip()]
+    entries = [CustodyEntry.model_validate_json(line) for line in lines]
+    proofs = [InclusionProof.from_json(p) for p in json.loads(source.read("custody/proofs.json"))]
+    checkpoint = Checkpoint.model_validate_json(source.read("custody/checkpoint.json"))
+
+    def check_checkpoint() -> str:
+        body = source.read("custody/checkpoint.body")
+        if body != checkpoint_body(checkpoint):
+            raise IntegrityError("checkpoint.body does not match checkpoint.json")
+        signer = x509.load_pem_x509_certificate(source.read("custody/checkpoint-signer.pem"))
+        trusted = _load_roots(source, "certs/local-ca.pem")
+        if not any(_issued_by(signer, root) for root in trusted):
+            raise IntegrityError("the checkpoint signer is not issued by the package's CA")
+        verify_raw(body, source.read("custody/checkpoint.sig"), signer)
+        return f"tree size {checkpoint.tree_size}, root {checkpoint.root_hash}"
+
+    report.run("custody checkpoint signature", "custody/checkpoint.sig", check_checkpoint)
+    by_seq = {p.seq: p for p in proofs}
+    for entry in entries:
+        def check(entry: CustodyEntry = entry) -> str:
+            if entry.subject != capture_id:
+                raise IntegrityError(f"entry {entry.seq} is about {entry.subject}, not this capture")
+            proof = by_seq.get(entry.seq)
+            if proof is None:
+                raise IntegrityError(f"entry {entry.seq} has no inclusion proof")
+            if proof.tree_size != checkpoint.tree_size or proof.root != checkpoint.root_hash:
+                raise IntegrityError(f"entry {entry.seq}: proof is not against the signed checkpoint")
+            verify_inclusion_proof(entry, proof)
+            return entry.action
+        report.run("custody entry in signed tree", f"entry {entry.seq}", check)
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, Exception):
+        return False
+    return True
+
+
+def _verify_source(
+    report: VerificationReport, source: _Source, trusted: list[x509.Certificate] | None
+) -> Manifest | None:
+    try:
+        manifest = Manifest.model_validate_json(source.read(MANIFEST))
+    except (OSError, KeyError, ValueError) as exc:
+        report.checks.append(Check("manifest readable", MANIFEST, False, str(exc)))
+        return None
+    preservation = None
+    if source.exists(PRESERVATION):
+        preservation = Preservation.from_json(json.loads(source.read(PRESERVATION)))
+    _check_manifest(report, source, manifest)
+    roots = trusted if trusted is not None else _load_roots(source, "certs/local-ca.pem")
+    _check_signature(report, source, roots)
+    manifest_digest = hashlib.sha256(source.read(MANIFEST)).digest()
+    if preservation is not None:
+        if preservation.manifest.get("sha256") != manifest_digest.hex():
+            report.checks.append(Check("preservation record", PRESERVATION, False,
+                                       "its manifest digest differs from manifest.json"))
+        for index, record in enumerate(preservation.timestamps):
+            _check_token(report, source, record, manifest_digest, f"manifest timestamp {index}")
+    else:
+        report.checks.append(Check("preservation record", PRESERVATION, False, "missing"))
+    _check_chain(report, source)
+    _check_chain_tokens(report, source)
+    return manifest
+
+
+def verify_package(package: Path, *, trusted_ca: Path | None = None) -> VerificationReport:
+    """Offline: no network, no database. Raises IntegrityError naming every failing check."""
+    report = VerificationReport(target=str(package))
+    trusted = x509.load_pem_x509_certificates(trusted_ca.read_bytes()) if trusted_ca else None
+    try:
+        archive = zipfile.ZipFile(package)
+    except (zipfile.BadZipFile, OSError) as exc:
+        report.checks.append(Check("package readable", str(package), False, f"not a readable zip: {exc}"))
+        report.raise_for_failures()
+        return report
+    with archive:
+        roots = {name.split("/", 1)[0] for name in archive.namelist() if "/" in name}
+        if len(roots) != 1:
+            report.checks.append(Check("package layout", str(package), False, "expected one top-level folder"))
+            report.raise_for_failures()
+        root = roots.pop()
+        source = _Source(archive=archive, root=root)
+        _check_sums(report, source)
+        manifest = _verify_source(report, source, trusted)
+        if manifest is not None:
+            _check_custody(report, source, manifest.capture_id)
+    report.raise_for_failures()
+    return report
+
+
+def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
+    """Online: the local files, every stored object re-read by version, and the whole custody ledger."""
+    report = VerificationReport(target=str(capture_dir))
+    source = _Source(directory=capture_dir)
+    manifest = _verify_source(report, source, [services.pki.ca_certificate()])
+    if manifest is None:
+        report.raise_for_failures()
+        return report
+    preservation = Preservation.load(capture_dir)
+    expected_keys = {object_key(manifest.capture_id, a.path) for a in manifest.artifacts}
+    missing = sorted(expected_keys - set(preservation.stored))
+    if missing:
+        report.checks.append(Check("stored in WORM store", manifest.capture_id, False,
+                                   f"{len(missing)} artifact(s) not stored yet (run `wz sync`): {missing[0]} ..."))
+    store = None
+    try:
+        store = services.store()
+    except EvidenceError as exc:
+        report.checks.append(Check("object store reachable", services.settings.s3_endpoint or "embedded", False,
+                                   str(exc)))
+    if store is not None:
+        for key, stored in sorted(preservation.stored.items()):
+            def check(stored: Any = stored) -> str:
+                verified = store.verify(stored)
+                until = f"{verified.retain_until:%Y-%m-%d}"
+                return f"version {verified.version_id}, {verified.retention_mode} until {until}"
+            report.run("object re-read by version", key, check)
+
+    def ledger() -> str:
+        size, root = services.ledger.verify(services.verify_checkpoint)
+        return f"{size} entries, root {root.hex()}"
+
+    report.run("custody ledger", services.settings.ledger_url.split("@")[-1], ledger)
+    subject_entries = services.ledger.entries(subject=manifest.capture_id)
+    report.checks.append(Check("custody entries for capture", manifest.capture_id, bool(subject_entries),
+                               f"{len(subject_entries)} entries: " + ", ".join(e.action for e in subject_entries)))
+    report.raise_for_failures()
+    return report

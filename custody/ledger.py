@@ -1,0 +1,677 @@
+"""The append-only custody ledger: a hash chain of entries, an RFC 9162 Merkle tree over them, signed checkpoints.
+
+Each entry names who (`actor`) did what (`action`) to which item (`subject`), with `details`, at a UTC
+time. Its `entry_hash` is SHA-256 of the canonical JSON of
+
+    {"action", "actor", "at", "details", "prev_hash", "seq", "subject"}
+
+and `prev_hash` is the entry_hash of the entry before it (64 zeros for entry 1), so editing, removing
+or reordering any entry breaks every later link. The Merkle tree's leaf for an entry is the canonical
+JSON of all eight fields (`entry_bytes`), so one signed checkpoint (tree size + root) commits to every
+entry up to that size, and inclusion and consistency proofs can be checked offline against it.
+
+Times are stored as text `YYYY-MM-DDTHH:MM:SS.ffffffZ` (always UTC, always microseconds) and details as
+canonical JSON text, so the database holds exactly the bytes that were hashed.
+
+One code path serves SQLite (the default, one file) and PostgreSQL (psycopg 3). Triggers in the
+database refuse UPDATE, DELETE (and TRUNCATE) on both tables; `verify()` still recomputes everything,
+so edits by someone who drops the triggers are caught too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+
+from custody import merkle
+from evidence import (
+    Checkpoint,
+    ConfigurationError,
+    CustodyEntry,
+    EvidenceError,
+    LedgerCorrupt,
+    TimestampInvalid,
+    TimestampRecord,
+    UsageError,
+)
+from hashing.canonical import canonical_json
+
+GENESIS_PREV_HASH = "0" * 64
+SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
+# Serialises schema creation across processes on PostgreSQL ("ZCUSTODY" in ASCII; any fixed bigint works).
+_PG_SCHEMA_LOCK = 0x5A43555354_4F4459
+# Execution option that makes the SQLite "begin" hook take the write lock up front (BEGIN IMMEDIATE).
+_WRITE = "wz_custody_write"
+_TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+_metadata = MetaData()
+
+ENTRIES = Table(
+    "custody_entries",
+    _metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    Index("custody_entries_subject", "subject"),
+)
+
+CHECKPOINTS = Table(
+    "custody_checkpoints",
+    _metadata,
+    Column("tree_size", Integer, primary_key=True, autoincrement=False),
+    Column("root_hash", String(64), nullable=False),
+    Column("at", Text, nullable=False),
+    Column("signer", Text, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("timestamp", Text, nullable=True),
+)
+
+_SQLITE_GUARDS = [
+    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+    f"BEGIN SELECT RAISE(ABORT, 'custody ledger table {table} is append-only: {op} refused'); END"
+    for table in (ENTRIES.name, CHECKPOINTS.name)
+    for op in ("UPDATE", "DELETE")
+]
+
+# No '%' anywhere: psycopg must never mistake part of this DDL for a parameter placeholder.
+_PG_GUARD_FUNCTION = """
+CREATE OR REPLACE FUNCTION custody_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION USING
+        MESSAGE = 'custody ledger table ' || TG_TABLE_NAME || ' is append-only: ' || TG_OP || ' refused';
+END
+$fn$
+"""
+
+_PG_GUARD_TRIGGERS = """
+DO $do$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['custody_entries', 'custody_checkpoints'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = t::regclass AND tgname = t || '_append_only') THEN
+            EXECUTE 'CREATE TRIGGER ' || quote_ident(t || '_append_only') || ' BEFORE UPDATE OR DELETE ON '
+                || quote_ident(t) || ' FOR EACH ROW EXECUTE FUNCTION custody_refuse_change()';
+        END IF;
+        -- Row triggers do not fire on TRUNCATE: a statement trigger refuses it.
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = t::regclass AND tgname = t || '_no_truncate') THEN
+            EXECUTE 'CREATE TRIGGER ' || quote_ident(t || '_no_truncate') || ' BEFORE TRUNCATE ON '
+                || quote_ident(t) || ' FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change()';
+        END IF;
+    END LOOP;
+END
+$do$
+"""
+
+
+# -- the byte encoding ---------------------------------------------------------------------------------
+
+
+def format_time(moment: datetime) -> str:
+    """The ledger's one text form of a time: UTC, microseconds, `Z`."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise UsageError(f"custody times must carry a time zone, got naive {moment.isoformat()}")
+    utc = moment.astimezone(UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
+
+
+def _parse_time(value: str) -> datetime:
+    if not _TIME_FORMAT.match(value):
+        raise ValueError(f"{value!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _body(entry: CustodyEntry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "at": format_time(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "subject": entry.subject,
+        "details": entry.details,
+        "prev_hash": entry.prev_hash,
+    }
+
+
+def compute_entry_hash(entry: CustodyEntry) -> str:
+    """SHA-256 (hex) of the canonical JSON of the entry without its entry_hash: what entry_hash must be."""
+    return hashlib.sha256(canonical_json(_body(entry))).hexdigest()
+
+
+def entry_bytes(entry: CustodyEntry) -> bytes:
+    """The entry as the Merkle tree sees it: canonical JSON of all eight fields, entry_hash included."""
+    return canonical_json({**_body(entry), "entry_hash": entry.entry_hash})
+
+
+def entry_leaf_hash(entry: CustodyEntry) -> bytes:
+    return merkle.leaf_hash(entry_bytes(entry))
+
+
+def checkpoint_body(cp: Checkpoint) -> bytes:
+    """The bytes a checkpoint's signature covers (and whose SHA-256 its timestamp covers)."""
+    return canonical_json({"tree_size": cp.tree_size, "root_hash": cp.root_hash, "at": format_time(cp.at),
+                           "signer": cp.signer})
+
+
+def _canonical_details(details: Mapping[str, Any]) -> str:
+    if not isinstance(details, Mapping):
+        raise UsageError(f"custody details must be a JSON object, not {type(details).__name__}")
+    try:
+        return canonical_json(dict(details)).decode("utf-8")
+    except (TypeError, ValueError) as exc:  # json cannot encode it, or a lone surrogate cannot become UTF-8
+        raise UsageError(f"custody details cannot be stored as canonical JSON: {exc}") from exc
+
+
+def _check_timestamp(record: TimestampRecord | None, body: bytes) -> str | None:
+    """Why a checkpoint's timestamp record is not over this body, or None when it is (or there is none)."""
+    if record is None:
+        return None
+    digest = hashlib.sha256(body).hexdigest()
+    if record.message_imprint.lower() != digest:
+        return f"its timestamp imprint {record.message_imprint[:16]}… is not SHA-256 of the checkpoint body"
+    return None
+
+
+# -- proofs, usable without a database ----------------------------------------------------------------
+
+
+def _hex_hash(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise LedgerCorrupt(f"{what} is not a 64-digit lowercase hex SHA-256: {value!r}")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LedgerCorrupt(f"{what} is not an integer: {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """RFC 9162 inclusion proof of entry `seq` (leaf `seq - 1`) in the tree of `tree_size` entries."""
+
+    seq: int
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    root: str
+    path: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "leaf_index": self.leaf_index, "tree_size": self.tree_size,
+                "leaf_hash": self.leaf_hash, "root": self.root, "path": list(self.path)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> InclusionProof:
+        """Read `to_json()` output; raises LedgerCorrupt when it is malformed."""
+        if not isinstance(data, dict) or set(data) != {"seq", "leaf_index", "tree_size", "leaf_hash", "root", "path"}:
+            raise LedgerCorrupt(f"an inclusion proof must hold exactly seq, leaf_index, tree_size, leaf_hash, "
+                                f"root and path: {data!r:.200}")
+        path = data["path"]
+        if not isinstance(path, list):
+            raise LedgerCorrupt(f"inclusion proof path is not a list: {path!r:.200}")
+        return cls(
+            seq=_int(data["seq"], "inclusion proof seq"),
+            leaf_index=_int(data["leaf_index"], "inclusion proof leaf_index"),
+            tree_size=_int(data["tree_size"], "inclusion proof tree_size"),
+            leaf_hash=_hex_hash(data["leaf_hash"], "inclusion proof leaf_hash"),
+            root=_hex_hash(data["root"], "inclusion proof root"),
+            path=tuple(_hex_hash(p, f"inclusion proof path[{i}]") for i, p in enumerate(path)),
+        )
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    """RFC 9162 consistency proof: the tree of `old_size` entries is a prefix of the tree of `new_size`."""
+
+    old_size: int
+    new_size: int
+    old_root: str
+    new_root: str
+    path: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"old_size": self.old_size, "new_size": self.new_size, "old_root": self.old_root,
+                "new_root": self.new_root, "path": list(self.path)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ConsistencyProof:
+        """Read `to_json()` output; raises LedgerCorrupt when it is malformed."""
+        if not isinstance(data, dict) or set(data) != {"old_size", "new_size", "old_root", "new_root", "path"}:
+            raise LedgerCorrupt(f"a consistency proof must hold exactly old_size, new_size, old_root, new_root "
+                                f"and path: {data!r:.200}")
+        path = data["path"]
+        if not isinstance(path, list):
+            raise LedgerCorrupt(f"consistency proof path is not a list: {path!r:.200}")
+        return cls(
+            old_size=_int(data["old_size"], "consistency proof old_size"),
+            new_size=_int(data["new_size"], "consistency proof new_size"),
+            old_root=_hex_hash(data["old_root"], "consistency proof old_root"),
+            new_root=_hex_hash(data["new_root"], "consistency proof new_root"),
+            path=tuple(_hex_hash(p, f"consistency proof path[{i}]") for i, p in enumerate(path)),
+        )
+
+
+def verify_inclusion_proof(entry: CustodyEntry, proof: InclusionProof, checkpoint: Checkpoint | None = None) -> None:
+    """Offline: the entry is intact, and it is leaf `seq - 1` of the tree the proof (and the checkpoint) names.
+
+    Checks the entry's own hash, the proof's leaf hash, the RFC 9162 path to the root and, when a
+    checkpoint is given, that the proof is against that checkpoint's tree size and root. The
+    checkpoint's signature is the caller's to verify (`checkpoint_body` gives the signed bytes).
+    Raises LedgerCorrupt.
+    """
+    where = f"entry {entry.seq}"
+    if proof.seq != entry.seq or proof.leaf_index != entry.seq - 1:
+        raise LedgerCorrupt(f"{where}: the proof is for entry {proof.seq} (leaf {proof.leaf_index})")
+    if compute_entry_hash(entry) != entry.entry_hash:
+        raise LedgerCorrupt(f"{where}: hash does not match its contents")
+    leaf = entry_leaf_hash(entry)
+    if leaf.hex() != proof.leaf_hash:
+        raise LedgerCorrupt(f"{where}: its leaf hash differs from the one the proof was made for")
+    if checkpoint is not None and (proof.tree_size != checkpoint.tree_size or proof.root != checkpoint.root_hash):
+        raise LedgerCorrupt(f"{where}: the proof is for tree size {proof.tree_size} root {proof.root[:16]}…, "
+                            f"not the checkpoint's size {checkpoint.tree_size} root {checkpoint.root_hash[:16]}…")
+    try:
+        merkle.verify_inclusion(leaf, proof.leaf_index, proof.tree_size, [bytes.fromhex(p) for p in proof.path],
+                                bytes.fromhex(proof.root))
+    except LedgerCorrupt as exc:
+        raise LedgerCorrupt(f"{where}: {exc}") from exc
+    except ValueError as exc:
+        raise LedgerCorrupt(f"{where}: the proof holds a hash that is not hex: {exc}") from exc
+
+
+def verify_consistency_proof(proof: ConsistencyProof, old: Checkpoint | None = None,
+                             new: Checkpoint | None = None) -> None:
+    """Offline: the older tree is a prefix of the newer one; with checkpoints, that the proof is between them.
+
+    Raises LedgerCorrupt.
+    """
+    for cp, size, root, name in ((old, proof.old_size, proof.old_root, "old"),
+                                 (new, proof.new_size, proof.new_root, "new")):
+        if cp is not None and (cp.tree_size != size or cp.root_hash != root):
+            raise LedgerCorrupt(f"the consistency proof's {name} tree (size {size}, root {root[:16]}…) is not the "
+                                f"checkpoint's (size {cp.tree_size}, root {cp.root_hash[:16]}…)")
+    try:
+        merkle.verify_consistency(proof.old_size, proof.new_size, bytes.fromhex(proof.old_root),
+                                  bytes.fromhex(proof.new_root), [bytes.fromhex(p) for p in proof.path])
+    except ValueError as exc:
+        raise LedgerCorrupt(f"the consistency proof holds a hash that is not hex: {exc}") from exc
+
+
+# -- the database --------------------------------------------------------------------------------------
+
+
+def _engine_for(url: str) -> Engine:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    try:
+        parsed: URL = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise ConfigurationError(f"custody database URL {url!r} is not a SQLAlchemy URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise ConfigurationError(
+                f"custody ledger on SQLite uses the standard sqlite3 driver, not {parsed.drivername}"
+            )
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+        _prepare_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername not in ("postgresql", "postgresql+psycopg"):
+            raise ConfigurationError(f"custody ledger on PostgreSQL uses psycopg 3 (postgresql+psycopg://), "
+                                     f"not {parsed.drivername}")
+        # READ COMMITTED: after the table lock each statement sees every append committed before it.
+        return create_engine(parsed.set(drivername="postgresql+psycopg"), isolation_level="READ COMMITTED",
+                             pool_pre_ping=True)
+    raise ConfigurationError(f"custody ledger supports sqlite:/// and postgresql+psycopg:// URLs, not {backend}: "
+                             f"set WZ_DATABASE_URL")
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below); the sqlite3 module's implicit transactions would defeat BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, nor it them
+        cursor.execute("PRAGMA synchronous = FULL")  # a committed custody entry survives a power cut
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the single write lock before reading the last entry, so two processes can
+        # never both read seq N and both write N+1; waiting for it is bounded by busy_timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+def _entry_from_row(row: Row[Any]) -> CustodyEntry:
+    """Rebuild an entry from its stored text, refusing any text that is not in the canonical form that was hashed."""
+    where = f"entry {row.seq}"
+    try:
+        at = _parse_time(row.at)
+    except ValueError as exc:
+        raise LedgerCorrupt(f"{where}: its time is not in the ledger's form: {exc}") from exc
+    try:
+        details = json.loads(row.details)
+        canonical = canonical_json(details).decode("utf-8") if isinstance(details, dict) else None
+    except (ValueError, EvidenceError) as exc:
+        raise LedgerCorrupt(f"{where}: details are not JSON: {exc}") from exc
+    if canonical != row.details:
+        raise LedgerCorrupt(f"{where}: details are not the canonical JSON object that was hashed")
+    try:
+        return CustodyEntry(seq=row.seq, at=at, actor=row.actor, action=row.action, subject=row.subject,
+                            details=details, prev_hash=row.prev_hash, entry_hash=row.entry_hash)
+    except ValidationError as exc:
+        raise LedgerCorrupt(f"{where}: cannot be read: {exc}") from exc
+
+
+def _checkpoint_from_row(row: Row[Any]) -> Checkpoint:
+    where = f"checkpoint at size {row.tree_size}"
+    try:
+        at = _parse_time(row.at)
+        stamp = TimestampRecord.model_validate_json(row.timestamp) if row.timestamp is not None else None
+        return Checkpoint(tree_size=row.tree_size, root_hash=row.root_hash, at=at, signer=row.signer,
+                          signature=row.signature, timestamp=stamp)
+    except (ValueError, ValidationError) as exc:
+        raise LedgerCorrupt(f"{where}: cannot be read: {exc}") from exc
+
+
+def _check_text(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"custody {what} must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise UsageError(f"custody {what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"custody {what} is not valid Unicode text: {exc}") from exc
+    return value
+
+
+class Ledger:
+    """The custody ledger in one SQLite file or PostgreSQL database (tables created on first use).
+
+    Safe for several processes at once: appends serialise on SQLite's write lock (BEGIN IMMEDIATE,
+    WAL, a busy timeout) or on PostgreSQL's `LOCK TABLE ... IN EXCLUSIVE MODE`.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._engine = _engine_for(url)
+        self._postgres = self._engine.dialect.name == "postgresql"
+        self._where = self._engine.url.render_as_string(hide_password=True)
+        self._ready = False
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- connections --
+
+    @contextmanager
+    def _transaction(self, *, write: bool, lock: Table | None = None) -> Iterator[Connection]:
+        """One transaction; `write` takes the write lock first (and `lock` names the table on PostgreSQL)."""
+        if not self._ready:
+            self._create_schema()
+        try:
+            with self._engine.connect() as conn:
+                if write:
+                    conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    if self._postgres and lock is not None:
+                        conn.exec_driver_sql(f"LOCK TABLE {lock.name} IN EXCLUSIVE MODE")
+                    yield conn
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise EvidenceError(f"the custody database {self._where} cannot be used: {exc.orig}; check "
+                                f"WZ_DATABASE_URL and that the database is running") from exc
+
+    def _create_schema(self) -> None:
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    if self._postgres:
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+                    _metadata.create_all(conn)
+                    for statement in [_PG_GUARD_FUNCTION, _PG_GUARD_TRIGGERS] if self._postgres else _SQLITE_GUARDS:
+                        conn.exec_driver_sql(statement)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise EvidenceError(f"the custody database {self._where} cannot be used: {exc.orig}; check "
+                                f"WZ_DATABASE_URL and that the database is running") from exc
+        self._ready = True
+
+    # -- entries --
+
+    def append(self, actor: str, action: str, subject: str, details: dict[str, Any]) -> CustodyEntry:
+        """Add one entry at the end of the chain, atomically with respect to every other process."""
+        _check_text(actor, "actor")
+        _check_text(action, "action")
+        _check_text(subject, "subject")
+        details_text = _canonical_details(details)
+        with self._transaction(write=True, lock=ENTRIES) as conn:
+            last = conn.execute(
+                select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
+            ).first()
+            seq = 1 if last is None else last.seq + 1
+            prev_hash = GENESIS_PREV_HASH if last is None else last.entry_hash
+            # Taken under the lock, so times follow seq order (unless the clock itself steps back).
+            at = format_time(datetime.now(UTC))
+            entry = CustodyEntry(seq=seq, at=_parse_time(at), actor=actor, action=action, subject=subject,
+                                 details=json.loads(details_text), prev_hash=prev_hash, entry_hash="0" * 64)
+            entry = entry.model_copy(update={"entry_hash": compute_entry_hash(entry)})
+            conn.execute(insert(ENTRIES).values(seq=seq, at=at, actor=actor, action=action, subject=subject,
+                                                details=details_text, prev_hash=prev_hash,
+                                                entry_hash=entry.entry_hash))
+        return entry
+
+    def entries(self, subject: str | None = None, *, start: int = 1, end: int | None = None) -> list[CustodyEntry]:
+        """Entries with start <= seq <= end (end inclusive), optionally only those about `subject`, in seq order."""
+        query = select(ENTRIES).where(ENTRIES.c.seq >= start).order_by(ENTRIES.c.seq)
+        if end is not None:
+            query = query.where(ENTRIES.c.seq <= end)
+        if subject is not None:
+            query = query.where(ENTRIES.c.subject == subject)
+        with self._transaction(write=False) as conn:
+            return [_entry_from_row(row) for row in conn.execute(query)]
+
+    def size(self) -> int:
+        """The number of entries (the seq of the last one)."""
+        with self._transaction(write=False) as conn:
+            return int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one())
+
+    def _leaves(self, conn: Connection, upto: int | None = None) -> list[bytes]:
+        """Every entry's leaf hash, in order, after checking each entry's hash, link and place in the sequence."""
+        query = select(ENTRIES).order_by(ENTRIES.c.seq)
+        if upto is not None:
+            query = query.where(ENTRIES.c.seq <= upto)
+        leaves: list[bytes] = []
+        prev_hash = GENESIS_PREV_HASH
+        for row in conn.execute(query):
+            expected = len(leaves) + 1
+            if row.seq != expected:
+                raise LedgerCorrupt(f"entry {expected}: missing (the next stored entry is {row.seq})")
+            entry = _entry_from_row(row)
+            if compute_entry_hash(entry) != entry.entry_hash:
+                raise LedgerCorrupt(f"entry {expected}: hash does not match its contents")
+            if entry.prev_hash != prev_hash:
+                if expected == 1:
+                    raise LedgerCorrupt("entry 1: prev_hash is not the genesis value (64 zeros)")
+                raise LedgerCorrupt(f"entry {expected}: prev_hash does not link to entry {expected - 1}")
+            leaves.append(entry_leaf_hash(entry))
+            prev_hash = entry.entry_hash
+        if upto is not None and len(leaves) < upto:
+            raise LedgerCorrupt(f"entry {len(leaves) + 1}: missing (the ledger ends at {len(leaves)})")
+        return leaves
+
+    # -- verification --
+
+    def verify(self, checkpoint_verifier: Callable[[bytes, str], None] | None = None) -> tuple[int, bytes]:
+        """Recompute every entry hash, the prev_hash chain, the Merkle tree and every checkpoint.
+
+        `checkpoint_verifier(body, signature_b64)` must raise when a checkpoint's signature does not
+        verify; without it signatures are not checked. Returns (size, root); raises LedgerCorrupt
+        naming the first entry or checkpoint that does not hold.
+        """
+        with self._transaction(write=False) as conn:
+            # Checkpoints first: on PostgreSQL each statement has its own snapshot, and entries only grow,
+            # so every checkpoint read here is covered by the entries read after it.
+            checkpoints = self._read_checkpoints(conn)
+            leaves = self._leaves(conn)
+        self._check_checkpoints(leaves, checkpoints, checkpoint_verifier)
+        return len(leaves), merkle.root(leaves)
+
+    @staticmethod
+    def _read_checkpoints(conn: Connection) -> list[Checkpoint]:
+        rows = conn.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.tree_size))
+        return [_checkpoint_from_row(row) for row in rows]
+
+    @staticmethod
+    def _check_checkpoints(leaves: list[bytes], checkpoints: list[Checkpoint],
+                           verifier: Callable[[bytes, str], None] | None) -> None:
+        size = len(leaves)
+        roots = merkle.prefix_roots(leaves, [cp.tree_size for cp in checkpoints if cp.tree_size <= size])
+        for cp in checkpoints:
+            where = f"checkpoint at size {cp.tree_size}"
+            if cp.tree_size > size:
+                raise LedgerCorrupt(f"{where}: the ledger holds only {size} entries (entries after {size} "
+                                    f"were removed)")
+            if roots[cp.tree_size].hex() != cp.root_hash:
+                raise LedgerCorrupt(f"{where}: root differs from the recomputed tree")
+            body = checkpoint_body(cp)
+            problem = _check_timestamp(cp.timestamp, body)
+            if problem is not None:
+                raise LedgerCorrupt(f"{where}: {problem}")
+            if verifier is not None:
+                try:
+                    verifier(body, cp.signature)
+                # The verifier is pluggable (cryptography raises InvalidSignature, ours SignatureInvalid,
+                # bad base64 a ValueError): whatever it raises, the checkpoint is not trusted.
+                except Exception as exc:
+                    raise LedgerCorrupt(f"{where}: signature does not verify: {exc or type(exc).__name__}") from exc
+
+    # -- proofs --
+
+    def _proof_leaves(self, conn: Connection, tree_size: int) -> list[bytes]:
+        size = int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one())
+        if tree_size > size:
+            raise UsageError(f"the ledger has {size} entries, fewer than tree size {tree_size}")
+        return self._leaves(conn, tree_size)
+
+    def inclusion_proof(self, seq: int, tree_size: int | None = None) -> InclusionProof:
+        """Proof that entry `seq` is in the tree of `tree_size` entries (default: all of them now)."""
+        with self._transaction(write=False) as conn:
+            if tree_size is None:
+                tree_size = int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one())
+            if not 1 <= seq <= tree_size:
+                raise UsageError(f"no entry {seq} in a tree of {tree_size} entries")
+            leaves = self._proof_leaves(conn, tree_size)
+        path = merkle.inclusion_proof(seq - 1, tree_size, leaves)
+        return InclusionProof(seq=seq, leaf_index=seq - 1, tree_size=tree_size, leaf_hash=leaves[seq - 1].hex(),
+                              root=merkle.root(leaves).hex(), path=tuple(p.hex() for p in path))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> ConsistencyProof:
+        """Proof that the tree of `old_size` entries is a prefix of the tree of `new_size` entries."""
+        if not 0 <= old_size <= new_size:
+            raise UsageError(f"no consistency proof from size {old_size} to {new_size}")
+        with self._transaction(write=False) as conn:
+            leaves = self._proof_leaves(conn, new_size)
+        path = merkle.consistency_proof(old_size, new_size, leaves)
+        return ConsistencyProof(old_size=old_size, new_size=new_size, old_root=merkle.root(leaves[:old_size]).hex(),
+                                new_root=merkle.root(leaves).hex(), path=tuple(p.hex() for p in path))
+
+    # -- checkpoints --
+
+    def checkpoint(self, signer_name: str, sign: Callable[[bytes], bytes],
+                   stamp: Callable[[bytes], TimestampRecord | None] | None = None) -> Checkpoint:
+        """Sign (and optionally timestamp) the current tree size and root, store it and return it.
+
+        `sign(body)` returns the raw signature over `checkpoint_body`; `stamp(sha256(body))` gets the
+        32-byte digest and returns a timestamp record over it, or None. Refuses to sign a ledger that
+        does not verify. One checkpoint per tree size: if one already exists at this size (nothing was
+        appended since), that one is returned and nothing is signed.
+        """
+        _check_text(signer_name, "signer name")
+        with self._transaction(write=False) as conn:
+            existing = self._read_checkpoints(conn)
+            leaves = self._leaves(conn)
+        self._check_checkpoints(leaves, existing, None)
+        for cp in existing:
+            if cp.tree_size == len(leaves):
+                return cp
+        at = _parse_time(format_time(datetime.now(UTC)))
+        unsigned = Checkpoint(tree_size=len(leaves), root_hash=merkle.root(leaves).hex(), at=at, signer=signer_name,
+                              signature="")
+        body = checkpoint_body(unsigned)
+        signature = base64.b64encode(sign(body)).decode("ascii")
+        record = stamp(hashlib.sha256(body).digest()) if stamp is not None else None
+        problem = _check_timestamp(record, body)
+        if problem is not None:
+            raise TimestampInvalid(f"checkpoint at size {unsigned.tree_size}: {problem}")
+        cp = unsigned.model_copy(update={"signature": signature, "timestamp": record})
+        stamp_json = canonical_json(record.model_dump(mode="json")).decode("utf-8") if record is not None else None
+        with self._transaction(write=True, lock=CHECKPOINTS) as conn:
+            row = conn.execute(select(CHECKPOINTS).where(CHECKPOINTS.c.tree_size == cp.tree_size)).first()
+            if row is not None:  # another process checkpointed the same tree meanwhile: keep the first
+                return _checkpoint_from_row(row)
+            conn.execute(insert(CHECKPOINTS).values(tree_size=cp.tree_size, root_hash=cp.root_hash,
+                                                    at=format_time(cp.at), signer=cp.signer,
+                                                    signature=cp.signature, timestamp=stamp_json))
+        return cp
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self._transaction(write=False) as conn:
+            return self._read_checkpoints(conn)
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        with self._transaction(write=False) as conn:
+            row = conn.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.tree_size.desc()).limit(1)).first()
+        return _checkpoint_from_row(row) if row is not None else None
+

@@ -1,0 +1,275 @@
+"""capture -> hash -> sign -> timestamp -> store -> custody, end to end against the real SeaweedFS, the local
+TSA, OpenSSL and PostgreSQL; exported packages checked offline, by `wz verify` and by the standard tools."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import uuid
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from capture.fixtures import PATH_PRODUCT, FixtureServer, live_path
+from hashing.pki import LocalPki
+from hashing.tsa import LocalTsa
+from storage import S3Endpoint
+from tests.conftest import base_env, wz
+
+pytestmark = pytest.mark.integration
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def capture(env: dict[str, str], urls: list[str], out: Path, duration: str = "7") -> dict[str, Any]:
+    result = wz(["capture", *urls, "--duration", duration, "--out", str(out), "--json", "--case", "CASE-7",
+                 "--operator", "inspector"], env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return summary
+
+
+@pytest.fixture(scope="module")
+def preserved(demo_server: FixtureServer, s3_server: S3Endpoint,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, Path, dict[str, str]]:
+    base = tmp_path_factory.mktemp("preserved")
+    env = base_env(base / "data", s3_server)
+    summary = capture(env, [demo_server.base_url + live_path(5), demo_server.base_url + PATH_PRODUCT], base / "c")
+    package = base / "package.zip"
+    exported = wz(["export", summary["capture_id"], "-o", str(package)], env)
+    assert exported.returncode == 0, exported.stderr
+    return summary, base / "c", package, env
+
+
+def test_every_step_is_done_and_on_the_custody_record(preserved: tuple[dict[str, Any], Path, Path, dict]) -> None:
+    summary, directory, _package, env = preserved
+    record = summary["preservation"]
+    assert record["timestamps"] and all(t["status"] == "granted" and t["local_tsa"] for t in record["timestamps"])
+    assert record["problems"] == []
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert record["stored_objects"] >= len(manifest["artifacts"]) + 2  # + manifest and signature
+    shown = wz(["custody", "show", summary["capture_id"], "--json"], env)
+    assert shown.returncode == 0, shown.stderr
+    entries = json.loads(shown.stdout)
+    actions = [e["action"] for e in entries]
+    assert actions[:4] == ["captured", "hashed", "signed", "timestamped"]
+    assert {"stored", "exported"} <= set(actions)
+    stored = [e["details"] for e in entries if e["action"] == "stored"]
+    assert all(s["version_id"] and s["retention"] == "COMPLIANCE" and s["verified_at"] for s in stored)
+    assert {s["key"] for s in stored} >= {f"captures/{summary['capture_id']}/composite.mp4"}
+    assert entries[0]["details"]["operator"] == "inspector" and entries[0]["details"]["case_id"] == "CASE-7"
+    assert wz(["custody", "verify"], env).returncode == 0
+
+
+def test_the_package_verifies_offline_and_online(preserved: tuple[dict[str, Any], Path, Path, dict]) -> None:
+    summary, _directory, package, env = preserved
+    offline = {k: v for k, v in env.items() if not k.startswith("WZ_S3")} | {"WZ_DATA_DIR": "/nonexistent"}
+    result = wz(["verify", str(package), "--json"], offline)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    report = json.loads(result.stdout)
+    names = {c["name"] for c in report["checks"]}
+    assert {"SHA-256 of file", "SM3 of file", "artifact matches manifest", "manifest signature (CMS)",
+            "manifest timestamp 0", "segment chain", "segment chain timestamp", "custody checkpoint signature",
+            "custody entry in signed tree"} <= names
+    online = wz(["verify", summary["capture_id"], "--json"], env)
+    assert online.returncode == 0, online.stdout[-3000:] + online.stderr
+    checks = json.loads(online.stdout)["checks"]
+    reread = [c for c in checks if c["name"] == "object re-read by version"]
+    assert reread and all(c["ok"] and "COMPLIANCE" in c["detail"] for c in reread)
+
+
+def _run(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def test_standard_tools_accept_the_package(preserved: tuple[dict[str, Any], Path, Path, dict],
+                                           tmp_path: Path) -> None:
+    summary, _directory, package, _env = preserved
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path)
+    root = tmp_path / summary["capture_id"]
+    assert "FAILED" not in _run("sha256sum", "-c", "SHA256SUMS", cwd=root).stdout
+    assert _run("sha256sum", "-c", "--quiet", "SHA256SUMS", cwd=root).returncode == 0
+    for line in (root / "SM3SUMS").read_text().splitlines():
+        expected, name = line.split("  ", 1)
+        out = _run("openssl", "dgst", "-sm3", "-r", name, cwd=root).stdout.split()[0]
+        assert out == expected, name
+    cms = _run("openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", "manifest.p7s", "-content",
+               "manifest.json", "-CAfile", "certs/local-ca.pem", "-purpose", "any", "-out", "/dev/null", cwd=root)
+    assert cms.returncode == 0 and "Verification successful" in cms.stderr, cms.stderr
+    tokens = sorted((root / "timestamps").glob("*.tsr"))
+    assert any(t.name.startswith("manifest.") for t in tokens) and any(t.name.startswith("chain-") for t in tokens)
+    stamp = _run("openssl", "ts", "-verify", "-data", "manifest.json", "-in", "timestamps/manifest.0.tsr",
+                 "-CAfile", "timestamps/manifest.0.chain.pem", cwd=root)
+    assert stamp.returncode == 0 and "Verification: OK" in stamp.stdout, stamp.stdout + stamp.stderr
+    text_form = _run("openssl", "ts", "-reply", "-in", "timestamps/manifest.0.tsr", "-text", cwd=root).stdout
+    assert "LOCAL TSA (not a trusted third party)" in text_form
+    for token in (t for t in tokens if t.name.startswith("chain-")):
+        request = token.with_suffix(".tsq").name
+        chained = _run("openssl", "ts", "-verify", "-queryfile", f"timestamps/{request}", "-in",
+                       f"timestamps/{token.name}", "-CAfile", f"timestamps/{token.name[:-4]}.chain.pem", cwd=root)
+        assert chained.returncode == 0, chained.stdout + chained.stderr
+    key = _run("openssl", "x509", "-in", "custody/checkpoint-signer.pem", "-pubkey", "-noout", cwd=root).stdout
+    (tmp_path / "key.pem").write_text(key)
+    checkpoint = _run("openssl", "dgst", "-sha256", "-verify", str(tmp_path / "key.pem"), "-signature",
+                      "custody/checkpoint.sig", "custody/checkpoint.body", cwd=root)
+    assert checkpoint.returncode == 0 and "Verified OK" in checkpoint.stdout
+    listed = _run("bash", "-c", "jq -r '.artifacts[] | \"\\(.digests.sha256)  \\(.path)\"' manifest.json "
+                  "| sha256sum -c --quiet", cwd=root)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+
+
+def _rewrite(package: Path, target: Path, member: str, change: Callable[[bytes], bytes]) -> None:
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(target, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/" + member):
+                data = change(data)
+            out.writestr(info, data)
+
+
+def _flip(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+
+
+def _retime_entry(data: bytes) -> bytes:
+    lines = data.split(b"\n")
+    lines[0] = lines[0].replace(b'"action":"captured"', b'"action":"deleted"')
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("member", "change", "named"),
+    [
+        ("composite.mp4", _flip, "composite.mp4"),
+        ("tiles/2/screenshot-start.png", _flip, "screenshot-start.png"),
+        ("tiles/1/network.har", _flip, "network.har"),
+        ("segments/video_00000.ts", _flip, "video_00000.ts"),
+        ("manifest.json", lambda d: d.replace(b'"status":"complete"', b'"status":"partial"', 1), "manifest"),
+        ("manifest.p7s", _flip, "manifest.p7s"),
+        ("timestamps/manifest.0.tsr", _flip, "manifest.0.tsr"),
+        ("chain.jsonl", _flip, "chain.jsonl"),
+        ("custody/entries.jsonl", _retime_entry, "entries.jsonl"),
+        ("custody/checkpoint.sig", _flip, "checkpoint.sig"),
+    ],
+)
+def test_tampering_is_caught_and_named(preserved: tuple[dict[str, Any], Path, Path, dict], tmp_path: Path,
+                                       member: str, change: Callable[[bytes], bytes], named: str) -> None:
+    _summary, _directory, package, env = preserved
+    tampered = tmp_path / "tampered.zip"
+    _rewrite(package, tampered, member, change)
+    result = wz(["verify", str(tampered), "--json"], env)
+    assert result.returncode == 1, result.stdout[-2000:]
+    report = json.loads(result.stdout)
+    failures = [c for c in report["checks"] if not c["ok"]]
+    assert failures
+    assert any(named in c["subject"] or named in c["detail"] for c in failures), failures
+
+
+def test_a_flipped_byte_in_the_zip_itself_names_the_composite(preserved: tuple[dict[str, Any], Path, Path, dict],
+                                                                tmp_path: Path) -> None:
+    summary, _directory, package, env = preserved
+    damaged = tmp_path / "damaged.zip"
+    shutil.copyfile(package, damaged)
+    with zipfile.ZipFile(package) as archive:
+        info = archive.getinfo(f"{summary['capture_id']}/composite.mp4")
+        offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.compress_size // 2
+    with damaged.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = wz(["verify", str(damaged)], env)
+    assert result.returncode == 1
+    failing = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert failing and all("composite.mp4" in line for line in failing), failing
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(package.read_bytes()[: package.stat().st_size // 2])
+    broken = wz(["verify", str(truncated)], env)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+
+
+def test_tsa_down_keeps_the_token_pending_until_it_answers(demo_server: FixtureServer, s3_server: S3Endpoint,
+                                                            tmp_path: Path) -> None:
+    pki = LocalPki(tmp_path / "tsa-keys").ensure()
+    port = closed_port()
+    env = base_env(tmp_path / "data", s3_server) | {
+        "WZ_TSA_URLS": f"http://127.0.0.1:{port}/", "WZ_TSA_CA_FILE": str(pki.ca_cert_path),
+        "WZ_TSA_TIMEOUT_SECONDS": "3",
+    }
+    summary = capture(env, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="5")
+    stamps = summary["preservation"]["timestamps"]
+    assert [t["status"] for t in stamps] == ["pending"] and stamps[0]["error"]
+    assert summary["preservation"]["stored_objects"] > 0  # stored all the same
+    assert (tmp_path / "c" / "timestamps" / "manifest.0.tsq").exists()
+    still = wz(["timestamp", "--pending"], env)
+    assert still.returncode == 1 and "1 timestamp(s) still pending" in still.stderr
+    with LocalTsa(pki, tmp_path / "tsa-state", port=port):
+        granted = wz(["timestamp", "--pending"], env)
+    assert granted.returncode == 0, granted.stderr
+    verify = subprocess.run(["openssl", "ts", "-verify", "-data", "manifest.json", "-in", "timestamps/manifest.0.tsr",
+                             "-CAfile", str(pki.ca_cert_path)], cwd=tmp_path / "c", capture_output=True, text=True,
+                            check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    actions = [e["action"] for e in json.loads(wz(["custody", "show", summary["capture_id"], "--json"], env).stdout)]
+    assert "timestamp-pending" in actions and actions.count("timestamped") == 1
+
+
+def test_store_down_spools_and_sync_uploads_later(demo_server: FixtureServer, s3_server: S3Endpoint,
+                                                  tmp_path: Path) -> None:
+    good = base_env(tmp_path / "data", s3_server)
+    down = good | {"WZ_S3_ENDPOINT": f"127.0.0.1:{closed_port()}"}
+    summary = capture(down, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="5")
+    record = summary["preservation"]
+    assert record["stored_objects"] == 0 and any("unavailable" in p for p in record["problems"])
+    assert any((tmp_path / "data" / "spool").glob("*.json"))
+    synced = wz(["sync"], good)
+    assert synced.returncode == 0, synced.stderr
+    assert not any((tmp_path / "data" / "spool").glob("*.json"))
+    verified = wz(["verify", summary["capture_id"], "--json"], good)
+    assert verified.returncode == 0, verified.stdout[-3000:]
+
+
+def test_the_ledger_on_postgresql(demo_server: FixtureServer, s3_server: S3Endpoint, tmp_path: Path) -> None:
+    schema = f"wz_capture_{uuid.uuid4().hex[:10]}"
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+        env = base_env(tmp_path / "data", s3_server) | {"WZ_DATABASE_URL": url}
+        summary = capture(env, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="5")
+        with admin.begin() as conn:
+            query = f'SELECT action FROM "{schema}".custody_entries ORDER BY seq'  # noqa: S608 - our own schema name
+            rows = conn.execute(text(query)).scalars().all()
+        assert rows[:4] == ["captured", "hashed", "signed", "timestamped"]
+        assert wz(["custody", "verify"], env).returncode == 0
+        assert wz(["verify", summary["capture_id"]], env).returncode == 0
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_the_embedded_seaweedfs_is_the_default(demo_server: FixtureServer, s3_server: S3Endpoint,
+                                               tmp_path: Path) -> None:
+    env = {k: v for k, v in base_env(tmp_path / "data", s3_server).items() if not k.startswith("WZ_S3")}
+    env |= {"WZ_EMBEDDED_S3_PORT": "20333"}
+    try:
+        summary = capture(env, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="4")
+        assert summary["preservation"]["stored_objects"] > 0
+        assert wz(["verify", summary["capture_id"]], env).returncode == 0
+    finally:
+        stopped = wz(["services", "stop"], env)
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr

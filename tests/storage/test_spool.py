@@ -1,0 +1,241 @@
+"""The spool against the real store: nothing is lost while the store is down, nothing changed is uploaded."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evidence import DigestMismatch, Digests, StorageError, StoredObject, StoreUnavailable
+from storage import ObjectStore, ProblemKind, S3ObjectStore, Spool, SpoolItem
+from tests.storage.conftest import closed_port, versions, write_file
+
+
+def capture(tmp_path: Path, name: str = "cap-1") -> tuple[Path, list[SpoolItem]]:
+    capture_dir = tmp_path / name
+    items = []
+    for relative, data in (("composite.mp4", os.urandom(300_000)), ("page/dom.html", b"<html>1</html>")):
+        _, digests = write_file(capture_dir / relative, data)
+        items.append(SpoolItem(key=f"captures/{name}/{relative}", relative_path=relative,
+                               content_type="application/octet-stream", digests=digests, legal_hold=False))
+    return capture_dir, items
+
+
+class Recorder:
+    """on_stored that remembers what it was told (custody stands in here)."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.calls: list[tuple[str, SpoolItem, StoredObject]] = []
+        self.fail = fail
+
+    def __call__(self, capture_id: str, item: SpoolItem, stored: StoredObject) -> None:
+        self.calls.append((capture_id, item, stored))
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("custody database is down")
+
+
+def test_store_down_keeps_the_batch_then_sync_stores_everything(
+    store: S3ObjectStore, raw: Any, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+
+    down = S3ObjectStore(f"127.0.0.1:{closed_port()}", "k", "s", bucket=store.bucket)
+    report = spool.sync(down)
+    assert not report.ok and report.remaining == ("cap-1",) and report.stored == ()
+    assert [p.kind for p in report.problems] == [ProblemKind.UNAVAILABLE]
+    assert [b.capture_id for b in spool.pending()] == ["cap-1"]
+
+    custody = Recorder()
+    report = spool.sync(store, custody)
+    assert report.ok, report.problems
+    assert report.completed == ("cap-1",) and report.remaining == ()
+    assert spool.pending() == [] and not (tmp_path / "spool" / "cap-1.json").exists()
+    assert [(c, i) for c, i, _ in custody.calls] == [("cap-1", item) for item in items]
+    for (_, item, stored), synced in zip(custody.calls, report.stored, strict=True):
+        assert synced.stored == stored and stored.verified_at is not None
+        assert stored.key == item.key and stored.digests == item.digests
+        assert [v.version_id for v in versions(raw, store.bucket, item.key)] == [stored.version_id]
+        local = (capture_dir / item.relative_path).read_bytes()  # the spool never deletes local files
+        assert b"".join(store.read(item.key, stored.version_id)) == local
+    assert spool.sync(store).ok  # nothing left to do
+
+
+def test_a_file_changed_after_capture_is_reported_and_not_uploaded(
+    store: S3ObjectStore, raw: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    changed = capture_dir / items[1].relative_path
+    changed.write_bytes(changed.read_bytes() + b"<!-- edited -->")
+
+    report = spool.sync(store)
+    assert [(p.key, p.kind) for p in report.problems] == [(items[1].key, ProblemKind.LOCAL_CHANGED)]
+    assert "NOT uploaded" in report.problems[0].message
+    assert any(r.levelname == "ERROR" and "EVIDENCE INTEGRITY" in r.getMessage() for r in caplog.records)
+    assert [s.item for s in report.stored] == [items[0]]
+    assert versions(raw, store.bucket, items[1].key) == []
+    assert report.remaining == ("cap-1",) and changed.exists()
+    (batch,) = spool.pending()
+    assert set(batch.stored) == {items[0].key}
+
+    again = spool.sync(store)  # reported again, the good item is not uploaded twice
+    assert [p.kind for p in again.problems] == [ProblemKind.LOCAL_CHANGED] and again.stored == ()
+    assert len(versions(raw, store.bucket, items[0].key)) == 1
+
+
+def test_a_missing_local_file_is_reported(store: S3ObjectStore, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    (capture_dir / items[0].relative_path).unlink()
+    report = spool.sync(store)
+    assert [(p.key, p.kind) for p in report.problems] == [(items[0].key, ProblemKind.LOCAL_MISSING)]
+    assert report.remaining == ("cap-1",)
+
+
+class VerifyFailsOnce:
+    """The real store, except that the first verify finds the store gone (as after an upload, a crash)."""
+
+    def __init__(self, store: S3ObjectStore) -> None:
+        self.store = store
+        self.bucket = store.bucket
+        self.failed = False
+
+    def ensure_bucket(self) -> None:
+        self.store.ensure_bucket()
+
+    def put_file(self, key: str, path: Path, *, content_type: str, digests: Digests, legal_hold: bool = False,
+                 metadata: dict[str, str] | None = None) -> StoredObject:
+        return self.store.put_file(key, path, content_type=content_type, digests=digests, legal_hold=legal_hold,
+                                   metadata=metadata)
+
+    def verify(self, stored: StoredObject) -> StoredObject:
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("the store went away after the upload")
+        return self.store.verify(stored)
+
+    def read(self, key: str, version_id: str) -> Iterator[bytes]:
+        return self.store.read(key, version_id)
+
+    def set_legal_hold(self, key: str, version_id: str, on: bool) -> None:
+        self.store.set_legal_hold(key, version_id, on)
+
+
+def test_an_uploaded_version_is_recorded_before_verify_and_never_uploaded_twice(
+    store: S3ObjectStore, raw: Any, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items[:1])
+    flaky: ObjectStore = VerifyFailsOnce(store)
+    first = spool.sync(flaky)
+    assert [p.kind for p in first.problems] == [ProblemKind.UNAVAILABLE]
+    (batch,) = spool.pending()
+    recorded = batch.stored[items[0].key]
+    assert recorded.verified_at is None
+
+    second = spool.sync(flaky)
+    assert second.ok and second.stored[0].stored.version_id == recorded.version_id
+    assert [v.version_id for v in versions(raw, store.bucket, items[0].key)] == [recorded.version_id]
+
+
+def test_on_stored_failure_keeps_the_batch_and_is_called_again(
+    store: S3ObjectStore, raw: Any, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    custody = Recorder(fail=1)
+    first = spool.sync(store, custody)
+    assert [(p.key, p.kind) for p in first.problems] == [(items[0].key, ProblemKind.CALLBACK)]
+    assert first.remaining == ("cap-1",)
+    second = spool.sync(store, custody)
+    assert second.ok and second.completed == ("cap-1",)
+    calls = [(item.key, stored.version_id) for _, item, stored in custody.calls]
+    assert calls[0] == calls[2] and calls[0][0] == items[0].key  # the same version, told again
+    for item in items:
+        assert len(versions(raw, store.bucket, item.key)) == 1
+
+
+def test_a_stored_copy_that_does_not_read_back_is_uploaded_again(
+    store: S3ObjectStore, raw: Any, tmp_path: Path
+) -> None:
+    """Simulated by a verify that fails on the digests once: the version is set aside, a new one stored."""
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items[:1])
+
+    class MismatchOnce(VerifyFailsOnce):
+        def verify(self, stored: StoredObject) -> StoredObject:
+            if not self.failed:
+                self.failed = True
+                raise DigestMismatch(f"{stored.key} version {stored.version_id}: SHA256 differs")
+            return self.store.verify(stored)
+
+    first = spool.sync(MismatchOnce(store))
+    assert [p.kind for p in first.problems] == [ProblemKind.STORED_MISMATCH]
+    rejected = json.loads((tmp_path / "spool" / "cap-1.json").read_text())["entries"][0]["rejected"]
+    assert len(rejected) == 1
+    second = spool.sync(store)
+    assert second.ok
+    assert len(versions(raw, store.bucket, items[0].key)) == 2
+    assert second.stored[0].stored.version_id != rejected[0]["version_id"]
+
+
+def test_enqueue_is_idempotent_atomic_and_private(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items[:1])
+    spool.enqueue("cap-1", capture_dir, items)  # adds the second, keeps the first once
+    spool.enqueue("cap-1", capture_dir, items)
+    (batch,) = spool.pending()
+    assert batch.items == tuple(items) and batch.capture_dir == capture_dir.absolute()
+    path = tmp_path / "spool" / "cap-1.json"
+    assert json.loads(path.read_text())["schema_id"] == "wangzheng/spool-batch/v1"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == [".spool.lock", "cap-1.json"]
+
+
+def test_enqueue_refuses_what_it_cannot_keep_safely(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    other = SpoolItem(items[0].key, items[1].relative_path, "text/html", items[1].digests)
+    with pytest.raises(StorageError, match="evidence is never replaced"):
+        spool.enqueue("cap-1", capture_dir, [other])
+    with pytest.raises(ValueError, match="cannot name"):
+        spool.enqueue("../evil", capture_dir, items)
+    with pytest.raises(ValueError, match="relative"):
+        spool.enqueue("cap-2", capture_dir, [SpoolItem("k", "../outside", "x/y", items[0].digests)])
+    with pytest.raises(StorageError, match="no such file"):
+        spool.enqueue("cap-2", capture_dir, [SpoolItem("k", "missing.bin", "x/y", items[0].digests)])
+    copy = shutil.copytree(capture_dir, tmp_path / "copy")
+    with pytest.raises(StorageError, match="already spooled from"):
+        spool.enqueue("cap-1", copy, items)
+    assert [b.capture_id for b in spool.pending()] == ["cap-1"]
+
+
+def test_only_one_sync_runs_at_a_time(store: S3ObjectStore, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    fd = os.open(tmp_path / "spool" / ".sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another process's sync would
+        busy = spool.sync(store)
+        assert busy.busy and not busy.ok and busy.remaining == ("cap-1",)
+    finally:
+        os.close(fd)
+    assert spool.sync(store).ok
