@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import getpass
+import secrets
 from pathlib import Path
 from types import TracebackType
 
@@ -72,7 +73,9 @@ class Services:
         def stamp(body_sha256: bytes) -> TimestampRecord | None:
             directory = self.checkpoint_dir
             directory.mkdir(parents=True, exist_ok=True)
-            records = self.timestamper.stamp(body_sha256, directory, f"checkpoint-{self.ledger.size():08d}")
+            # Unique names: a retried checkpoint at the same size must not collide with an earlier attempt.
+            name = f"checkpoint-{self.ledger.size():08d}-{secrets.token_hex(4)}"
+            records = self.timestamper.stamp(body_sha256, directory, name)
             granted = [r for r in records if r.status == TimestampStatus.GRANTED]
             return granted[0] if granted else None
 

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from capture.assemble import MANIFEST
 from capture.chain import verify_chain
@@ -176,6 +177,25 @@ def _check_manifest(report: VerificationReport, source: _Source, manifest: Manif
         report.run("artifact matches manifest", artifact.path, check)
 
 
+@dataclass(frozen=True)
+class Trust:
+    """The roots a verification trusts. Unpinned roots come from the evidence itself: they prove integrity,
+    not origin, and the report says so with the fingerprint to compare against the published one."""
+
+    node_roots: list[x509.Certificate]
+    node_pinned: bool
+    tsa_roots: list[x509.Certificate] = field(default_factory=list)
+
+    def token_roots(self, record: TimestampRecord | None) -> list[x509.Certificate]:
+        if record is not None and record.local_tsa:
+            return self.node_roots
+        return [*self.node_roots, *self.tsa_roots]
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
 def _load_roots(source: _Source, *paths: str) -> list[x509.Certificate]:
     roots: list[x509.Certificate] = []
     for path in paths:
@@ -192,8 +212,8 @@ def _check_signature(report: VerificationReport, source: _Source, trusted: list[
     report.run("manifest signature (CMS)", SIGNATURE, check)
 
 
-def _check_token(report: VerificationReport, source: _Source, record: TimestampRecord, digest: bytes,
-                 label: str) -> None:
+def _check_token(report: VerificationReport, source: _Source, record: TimestampRecord, *, digest: bytes,
+                 label: str, trust: Trust) -> None:
     subject = record.response_path or record.tsa_url
     if record.status == TimestampStatus.PENDING:
         report.checks.append(Check(label, subject, False, f"token still pending from {record.tsa_url}: {record.error}"))
@@ -201,11 +221,17 @@ def _check_token(report: VerificationReport, source: _Source, record: TimestampR
 
     def check() -> str:
         assert record.response_path and record.nonce is not None
-        roots = _load_roots(source, *(p for p in [record.chain_path] if p))
+        roots = trust.token_roots(record)
+        note = ""
+        if not roots:
+            # No pinned root for this external TSA: its chain from the evidence proves integrity only.
+            roots = _load_roots(source, *(p for p in [record.chain_path] if p))
+            note = " (TSA root taken from the evidence: pin it with --tsa-ca)"
         info = verify_response(source.read(record.response_path), digest=digest, nonce=record.nonce, roots=roots,
                                hash_algorithm=record.hash_algorithm)
         kind = "local TSA (not a trusted third party)" if record.local_tsa else "TSA"
-        return f"{kind} {info.tsa_name or record.tsa_url}: {info.gen_time.isoformat()} serial {info.serial_number}"
+        return (f"{kind} {info.tsa_name or record.tsa_url}: {info.gen_time.isoformat()} serial {info.serial_number}"
+                + note)
 
     report.run(label, subject, check)
 
@@ -229,11 +255,15 @@ def _check_chain(report: VerificationReport, source: _Source) -> None:
     report.run("segment chain", "chain.jsonl", check)
 
 
-def _check_chain_tokens(report: VerificationReport, source: _Source) -> None:
+def _check_chain_tokens(report: VerificationReport, source: _Source, trust: Trust) -> None:
     """Tokens taken while recording stamp the chain head after segment n (timestamps/chain-<n>.<i>.tsr)."""
     if not source.exists("chain.jsonl"):
         return
-    entries = [json.loads(line) for line in source.read("chain.jsonl").decode().splitlines() if line.strip()]
+    try:
+        entries = [json.loads(line) for line in source.read("chain.jsonl").decode().splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError) as exc:
+        report.checks.append(Check("segment chain timestamp", "chain.jsonl", False, f"unreadable: {exc}"))
+        return
     for name in sorted(n for n in source.names() if n.startswith("timestamps/chain-") and n.endswith(".tsr")):
         n = int(PurePosixPath(name).name.split(".")[0].removeprefix("chain-"))
         request = name.removesuffix(".tsr") + ".tsq"
@@ -244,8 +274,8 @@ def _check_chain_tokens(report: VerificationReport, source: _Source) -> None:
                 raise IntegrityError(f"{name} stamps segment {n}, which the chain does not have")
             head = bytes.fromhex(str(entries[n - 1]["chain"]))
             nonce = _request_nonce(source.read(request))
-            info = verify_response(source.read(name), digest=head, nonce=nonce,
-                                   roots=_load_roots(source, chain_pem))
+            roots = trust.token_roots(None) or _load_roots(source, chain_pem)
+            info = verify_response(source.read(name), digest=head, nonce=nonce, roots=roots)
             return f"chain head after segment {n} at {info.gen_time.isoformat()}"
 
         report.run("segment chain timestamp", name, check)
@@ -260,7 +290,7 @@ def _request_nonce(tsq: bytes) -> int:
     return int(nonce)
 
 
-def _check_custody(report: VerificationReport, source: _Source, capture_id: str) -> None:
+def _check_custody(report: VerificationReport, source: _Source, capture_id: str, trust: Trust) -> None:
     if not source.exists("custody/entries.jsonl"):
         report.checks.append(Check("custody entries", "custody/entries.jsonl", False, "missing"))
         return
@@ -274,9 +304,8 @@ def _check_custody(report: VerificationReport, source: _Source, capture_id: str)
         if body != checkpoint_body(checkpoint):
             raise IntegrityError("checkpoint.body does not match checkpoint.json")
         signer = x509.load_pem_x509_certificate(source.read("custody/checkpoint-signer.pem"))
-        trusted = _load_roots(source, "certs/local-ca.pem")
-        if not any(_issued_by(signer, root) for root in trusted):
-            raise IntegrityError("the checkpoint signer is not issued by the package's CA")
+        if not any(_issued_by(signer, root) for root in trust.node_roots):
+            raise IntegrityError("the checkpoint signer is not issued by the trusted CA")
         verify_raw(body, source.read("custody/checkpoint.sig"), signer)
         return f"tree size {checkpoint.tree_size}, root {checkpoint.root_hash}"
 
@@ -304,9 +333,7 @@ def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _verify_source(
-    report: VerificationReport, source: _Source, trusted: list[x509.Certificate] | None
-) -> Manifest | None:
+def _verify_source(report: VerificationReport, source: _Source, trust: Trust) -> Manifest | None:
     try:
         manifest = Manifest.model_validate_json(source.read(MANIFEST))
     except (OSError, KeyError, ValueError) as exc:
@@ -316,26 +343,38 @@ def _verify_source(
     if source.exists(PRESERVATION):
         preservation = Preservation.from_json(json.loads(source.read(PRESERVATION)))
     _check_manifest(report, source, manifest)
-    roots = trusted if trusted is not None else _load_roots(source, "certs/local-ca.pem")
-    _check_signature(report, source, roots)
+    for root in trust.node_roots:
+        origin = "pinned by the verifier" if trust.node_pinned else (
+            "taken from the evidence: compare this fingerprint with the one the capturing node published, "
+            "or pin it with --ca")
+        report.checks.append(Check("trust anchor", root.subject.rfc4514_string(), True,
+                                   f"SHA-256 fingerprint {fingerprint(root)}, {origin}"))
+    _check_signature(report, source, trust.node_roots)
     manifest_digest = hashlib.sha256(source.read(MANIFEST)).digest()
     if preservation is not None:
         if preservation.manifest.get("sha256") != manifest_digest.hex():
             report.checks.append(Check("preservation record", PRESERVATION, False,
                                        "its manifest digest differs from manifest.json"))
         for index, record in enumerate(preservation.timestamps):
-            _check_token(report, source, record, manifest_digest, f"manifest timestamp {index}")
+            _check_token(report, source, record, digest=manifest_digest, label=f"manifest timestamp {index}",
+                         trust=trust)
     else:
         report.checks.append(Check("preservation record", PRESERVATION, False, "missing"))
     _check_chain(report, source)
-    _check_chain_tokens(report, source)
+    _check_chain_tokens(report, source, trust)
     return manifest
 
 
-def verify_package(package: Path, *, trusted_ca: Path | None = None) -> VerificationReport:
-    """Offline: no network, no database. Raises IntegrityError naming every failing check."""
+def verify_package(package: Path, *, trusted_ca: Path | None = None,
+                   tsa_ca: Path | None = None) -> VerificationReport:
+    """Offline: no network, no database. Raises IntegrityError naming every failing check.
+
+    `trusted_ca` pins the capturing node's CA; without it the package's own CA is used and its
+    fingerprint is reported for comparison. `tsa_ca` pins the roots of external TSAs.
+    """
     report = VerificationReport(target=str(package))
-    trusted = x509.load_pem_x509_certificates(trusted_ca.read_bytes()) if trusted_ca else None
+    pinned = x509.load_pem_x509_certificates(trusted_ca.read_bytes()) if trusted_ca else None
+    tsa_roots = x509.load_pem_x509_certificates(tsa_ca.read_bytes()) if tsa_ca else []
     try:
         archive = zipfile.ZipFile(package)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -350,9 +389,11 @@ def verify_package(package: Path, *, trusted_ca: Path | None = None) -> Verifica
         root = roots.pop()
         source = _Source(archive=archive, root=root)
         _check_sums(report, source)
-        manifest = _verify_source(report, source, trusted)
+        trust = Trust(node_roots=pinned if pinned is not None else _load_roots(source, "certs/local-ca.pem"),
+                      node_pinned=pinned is not None, tsa_roots=tsa_roots)
+        manifest = _verify_source(report, source, trust)
         if manifest is not None:
-            _check_custody(report, source, manifest.capture_id)
+            _check_custody(report, source, manifest.capture_id, trust)
     report.raise_for_failures()
     return report
 
@@ -361,7 +402,9 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
     """Online: the local files, every stored object re-read by version, and the whole custody ledger."""
     report = VerificationReport(target=str(capture_dir))
     source = _Source(directory=capture_dir)
-    manifest = _verify_source(report, source, [services.pki.ca_certificate()])
+    tsa_roots = [root for entry in services.timestamper.entries if not entry.local for root in entry.roots]
+    trust = Trust(node_roots=[services.pki.ca_certificate()], node_pinned=True, tsa_roots=tsa_roots)
+    manifest = _verify_source(report, source, trust)
     if manifest is None:
         report.raise_for_failures()
         return report

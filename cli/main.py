@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="verify an exported package (offline) or a capture (store + ledger)")
     verify.add_argument("target", help="PACKAGE.zip or a capture id")
     verify.add_argument("--ca", type=Path, help="pin the capturing node's CA (PEM) instead of the package's own")
+    verify.add_argument("--tsa-ca", type=Path, help="pin the roots (PEM) of external TSAs")
     verify.add_argument("--json", action="store_true")
     return parser
 
@@ -225,7 +226,8 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
         _say("embedded SeaweedFS stopped" if was_running else "embedded SeaweedFS was not running")
         return EXIT_OK
     if args.command == "verify" and args.target.endswith(".zip"):
-        return _print_verification(lambda: verify_package(Path(args.target), trusted_ca=args.ca), args.json)
+        target = Path(args.target)
+        return _print_verification(lambda: verify_package(target, trusted_ca=args.ca, tsa_ca=args.tsa_ca), args.json)
     with Services(settings) as services:
         preserver = Preserver(services, report=_say)
         if args.command == "timestamp":

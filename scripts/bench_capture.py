@@ -5,14 +5,18 @@ Run through `scripts/bench capture [--tiles 1,2,4,6] [--duration 30] [--json FIL
 For each tile count N the demo rooms 1..min(N, 5) are recorded (the 6th tile is the product page, since there are
 five rooms). Per run it reports, from the time codes the demo pages draw and from the process tree of `wz capture`:
 
-- each tile's distinct frames per second (after the first seconds, while pages load) and min / mean over tiles;
+- each tile's distinct frames per second, after the first seconds while pages load, counted two ways: per `fps`
+  composite frames (capture.analysis.sync_report) and per wall-clock second (frames.csv), since the composite is
+  stamped with grab times and holds fewer or more than `fps` frames a second when the grab falls behind or catches up;
+- the composite's own frame rate and gaps, and how old each tile's picture is when grabbed (stamp minus time code);
 - the skew between tiles within one composite frame (p50 / p95 / max, ms);
 - the browser's dropped-frame share (getVideoPlaybackQuality, summed over tiles that play video);
-- CPU cores used during the recording phase, peak RSS (and PSS) of the whole process tree;
-- time from launching `wz capture` to its first composite frame, and to the first frame where every tile's time
-  code can be read.
+- CPU cores used during the recording phase (in all and by program), peak RSS and PSS of the whole process tree;
+- time from launching `wz capture` to its first composite frame, and to the frame by which every tile's time code
+  has been read.
 
-It prints the figures; it never fails on a slow figure. The exit status is 1 only when a capture itself fails.
+It prints the figures as a Markdown table (and --json FILE); it never fails on a slow figure. The exit status is 1
+only when `wz capture` fails (its figures are still shown when the recording could be measured).
 """
 
 from __future__ import annotations
@@ -273,6 +277,8 @@ class RunResult:
     distinct_fps_wall: dict[int, float] = field(default_factory=dict)  # new time codes per wall-clock second
     distinct_fps_min: float | None = None
     distinct_fps_mean: float | None = None
+    distinct_fps_wall_min: float | None = None
+    distinct_fps_wall_mean: float | None = None
     decoded_share: dict[int, float] = field(default_factory=dict)
     advancing: dict[int, bool] = field(default_factory=dict)
     first_decoded_frame: dict[int, int | None] = field(default_factory=dict)
@@ -351,6 +357,11 @@ def percentile(values: list[float], share: float) -> float:
     """Nearest-rank percentile, the same rule as capture.analysis uses for the skew."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
+
+
+def _lowest(*values: float | None) -> float | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
 
 
 def _finite(value: float) -> float | None:
@@ -511,6 +522,10 @@ def analyse(result: RunResult, out: Path, launched: float, samples: list[Sample]
         values = list(result.distinct_fps.values())
         result.distinct_fps_min = min(values)
         result.distinct_fps_mean = sum(values) / len(values)
+    if result.distinct_fps_wall:
+        values = list(result.distinct_fps_wall.values())
+        result.distinct_fps_wall_min = min(values)
+        result.distinct_fps_wall_mean = sum(values) / len(values)
     for tile, share in report.decoded_share.items():
         if share < 0.9:
             result.notes.append(f"tile {tile}: time code read in only {share:.0%} of the frames "
@@ -565,7 +580,9 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    "fps": Target("≥ 14.5 per tile", lambda r: r.distinct_fps_min, lambda v: v >= 14.5),
+    # Both counts must reach it: a new picture in (nearly) every composite frame, and that many frames a second.
+    "fps": Target("≥ 14.5 per tile, both counts", lambda r: _lowest(r.distinct_fps_min, r.distinct_fps_wall_min),
+                  lambda v: v >= 14.5),
     "skew": Target("p95 ≤ 67 ms", lambda r: r.skew_p95_ms, lambda v: v <= 67),
     "dropped": Target("< 1 %", lambda r: r.dropped_share, lambda v: v < 0.01),
     "cores": Target("≤ 2 cores", lambda r: r.cores_recording, lambda v: v <= 2),
@@ -628,9 +645,10 @@ def markdown(runs: list[RunResult]) -> str:
          lambda r: f"{fmt(r.composite_fps_whole)} / {fmt(r.composite_fps_window)}", ""),
         ("composite frame gap p95 / max after skip (ms)",
          lambda r: f"{fmt(r.composite_gap_p95_ms, '.0f')} / {fmt(r.composite_gap_max_ms, '.0f')}", ""),
-        ("distinct frames/s, per tile", lambda r: per_tile(r.distinct_fps), ""),
-        ("distinct frames/s, min / mean",
-         lambda r: f"{fmt(r.distinct_fps_min)} / {fmt(r.distinct_fps_mean)}", target_verdict("fps", target_run)),
+        ("distinct frames/s per tile, per wall-clock second", lambda r: per_tile(r.distinct_fps_wall), ""),
+        ("distinct frames/s per tile, per `fps` composite frames", lambda r: per_tile(r.distinct_fps), ""),
+        ("distinct frames/s, min over tiles: wall clock / per frames",
+         lambda r: f"{fmt(r.distinct_fps_wall_min)} / {fmt(r.distinct_fps_min)}", target_verdict("fps", target_run)),
         ("time code read, min share of frames",
          lambda r: fmt(min(r.decoded_share.values()) * 100, ".0f", " %") if r.decoded_share else "n/a", ""),
         ("skew p50 / p95 / max (ms)",
@@ -648,8 +666,9 @@ def markdown(runs: list[RunResult]) -> str:
          lambda r: f"{fmt(r.cores_whole_run, '.2f')} / "
          + fmt(None if r.cpu_seconds_rusage is None or not r.launch_to_exit_seconds
                else r.cpu_seconds_rusage / r.launch_to_exit_seconds, ".2f"), ""),
-        ("peak RSS, process tree", lambda r: mib(r.peak_rss_bytes), target_verdict("rss", target_run)),
-        ("peak PSS, process tree", lambda r: mib(r.peak_pss_bytes), ""),
+        ("peak RSS, process tree (sum over processes)", lambda r: mib(r.peak_rss_bytes),
+         target_verdict("rss", target_run)),
+        ("peak PSS, process tree (shared pages split)", lambda r: mib(r.peak_pss_bytes), ""),
         ("processes in tree (max)", lambda r: fmt(r.max_processes, "d"), ""),
         ("bench's own sampling, cores (not counted)",
          lambda r: fmt(None if r.sampler_cpu_seconds is None or not r.launch_to_exit_seconds

@@ -273,3 +273,18 @@ def test_the_embedded_seaweedfs_is_the_default(demo_server: FixtureServer, s3_se
     finally:
         stopped = wz(["services", "stop"], env)
     assert stopped.returncode == 0 and "stopped" in stopped.stderr
+
+
+def test_pinning_another_ca_refuses_the_package(preserved: tuple[dict[str, Any], Path, Path, dict],
+                                                tmp_path: Path) -> None:
+    summary, directory, package, env = preserved
+    stranger = LocalPki(tmp_path / "stranger").ensure()
+    refused = wz(["verify", str(package), "--ca", str(stranger.ca_cert_path), "--json"], env)
+    assert refused.returncode == 1
+    failed = {c["name"] for c in json.loads(refused.stdout)["checks"] if not c["ok"]}
+    assert {"manifest signature (CMS)", "manifest timestamp 0", "custody checkpoint signature"} <= failed
+    pinned = wz(["verify", str(package), "--ca", str(directory / "certs" / "local-ca.pem"), "--json"], env)
+    assert pinned.returncode == 0, pinned.stdout[-2000:]
+    anchors = [c for c in json.loads(pinned.stdout)["checks"] if c["name"] == "trust anchor"]
+    assert anchors and "pinned by the verifier" in anchors[0]["detail"]
+    del summary
