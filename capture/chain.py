@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from capture.recorders import SEGMENT_DIR
-from evidence import DigestMismatch, IntegrityError, TimestampRecord
+from evidence import DigestMismatch, EvidenceError, TimestampRecord, TimestampStatus
 from hashing import digest_file
 
 CHAIN_FILE = "chain.jsonl"
@@ -50,7 +51,9 @@ class SegmentChain:
 
     def __post_init__(self) -> None:
         self.path = self.capture_dir / CHAIN_FILE
-        self.entries = read_chain(self.capture_dir) if self.path.exists() else []
+        # The recording loop's poll and the final poll run on different threads: one at a time.
+        self._lock = threading.Lock()
+        self.entries = read_chain(self.capture_dir, repair=True) if self.path.exists() else []
         self._known = {e["file"] for e in self.entries}
         self._last_stamp = time.monotonic()
         self._stamped_at = len(self.entries)
@@ -62,6 +65,10 @@ class SegmentChain:
 
     def poll(self, *, final: bool = False) -> int:
         """Hash newly closed segments; stamp the head when due (or when `final`). Returns how many were added."""
+        with self._lock:
+            return self._poll(final)
+
+    def _poll(self, final: bool) -> int:
         added = 0
         for name in closed_segments(self.capture_dir):
             if name in self._known:
@@ -95,22 +102,37 @@ class SegmentChain:
         self._last_stamp = time.monotonic()
         self._stamped_at = n
         try:
-            self.stamp(bytes.fromhex(self.head), self.capture_dir, f"chain-{n:06d}")
-        except IntegrityError as exc:
+            records = self.stamp(bytes.fromhex(self.head), self.capture_dir, f"chain-{n:06d}")
+        except EvidenceError as exc:
             # A TSA that answers wrongly is reported, never silently trusted; recording goes on.
             self.problems.append(f"timestamp of the segment chain at {n}: {exc}")
+            return
+        for record in records:
+            if record.status == TimestampStatus.PENDING:
+                self.problems.append(f"timestamp of the segment chain at {n} pending from {record.tsa_url}: "
+                                     f"{record.error}")
 
 
-def read_chain(capture_dir: Path) -> list[dict[str, Any]]:
+def read_chain(capture_dir: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The chain's entries. A torn last line (power loss mid-write) ends the chain; with `repair` it is cut
+    off the file, so that entries appended later follow the last complete one."""
     path = capture_dir / CHAIN_FILE
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    if not path.exists():
+        return []
+    data = path.read_bytes()
     entries = []
-    for line in lines:
-        if line.strip():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line after a crash; everything before it stands
+    good_length = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("unterminated line")
+            entries.append(json.loads(line))
+        except ValueError:
+            break
+        good_length += len(line)
+    if repair and good_length < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(good_length)
     return entries
 
 

@@ -32,6 +32,7 @@ class SegmentSet:
     segments: tuple[Path, ...]
     damaged: tuple[str, ...]
     first_pts: float | None
+    starts: tuple[float, ...] = ()  # first timestamp of each playable segment, probed once
 
 
 def _probe_packets(ffprobe: str, path: Path, stream: str) -> list[float]:
@@ -54,30 +55,27 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
     found = sorted(p for p in directory.glob(f"{name}_*.ts") if _SEGMENT.match(p.name))
     good: list[Path] = []
     damaged: list[str] = []
-    first: float | None = None
+    starts: list[float] = []
     stream = "v:0" if name == "video" else "a:0"
     for path in found:
-        if path.stat().st_size == 0:
-            path.unlink()  # an empty file is no evidence and would be unplayable
-            continue
-        times = _probe_packets(ffprobe, path, stream)
+        # Empty or undecodable segments stay on disk (they may be in the hash chain) but out of the videos.
+        times = _probe_packets(ffprobe, path, stream) if path.stat().st_size else []
         if not times:
             damaged.append(path.name)
             continue
-        if first is None:
-            first = min(times)
+        starts.append(min(times))
         good.append(path)
-    return SegmentSet(name=name, segments=tuple(good), damaged=tuple(damaged), first_pts=first)
+    return SegmentSet(name=name, segments=tuple(good), damaged=tuple(damaged),
+                      first_pts=starts[0] if starts else None, starts=tuple(starts))
 
 
-def write_concat_list(segments: SegmentSet, path: Path, ffprobe: str) -> None:
+def write_concat_list(segments: SegmentSet, path: Path) -> None:
     """An ffconcat list whose per-file durations are the gaps between first timestamps.
 
     The concat demuxer places file i at the sum of the earlier durations; giving it the true distance
     between segment starts keeps every packet at its recorded time, gaps included, with no drift.
     """
-    starts = [min(_probe_packets(ffprobe, seg, "v:0" if segments.name == "video" else "a:0"))
-              for seg in segments.segments]
+    starts = segments.starts
     lines = ["ffconcat version 1.0"]
     for index, segment in enumerate(segments.segments):
         lines.append(f"file '{segment.resolve()}'")
@@ -114,7 +112,7 @@ def mux_composite(
     for segments in [video, *(audio[t.tile] for t in layout.tiles if audio[t.tile].segments)]:
         assert segments.first_pts is not None
         listing = work / f"{segments.name}.ffconcat"
-        write_concat_list(segments, listing, ffprobe)
+        write_concat_list(segments, listing)
         # Each list starts at 0; shifting it by its own first timestamp puts all on the video's clock.
         inputs.append(ffmpeg.input(str(listing), f="concat", safe=0, thread_queue_size=512,
                                    itsoffset=f"{segments.first_pts - origin:.6f}"))
@@ -128,7 +126,7 @@ def mux_composite(
         else:
             # No audio was recorded for this tile: a silent track keeps track i = tile i.
             if duration is None:
-                duration = video_duration(video)
+                duration = video_duration(video, ffprobe)
             streams.append(ffmpeg.input("anullsrc=r=48000:cl=stereo", f="lavfi", t=f"{duration:.3f}")["a"])
         # MP4 keeps a track's name in its handler box; players list tracks by it.
         metadata[f"metadata:s:a:{index}"] = f"handler_name=Tile {tile.tile}: {tile.url}"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -88,6 +89,7 @@ class CaptureJob:
         self.tiles: dict[int, TileBrowser] = {}
         self.streams: list[StreamCopier] = []
         self._stop = asyncio.Event()
+        self._stream_tasks: set[asyncio.Task[None]] = set()
         self.stop_reason = ""
         self.interrupted = False
         self.recording_started: float | None = None
@@ -136,10 +138,11 @@ class CaptureJob:
     # -- the run ---------------------------------------------------------------------------------
 
     async def run(self) -> Manifest:
+        # Checked before any step writes its journal there: never touch another capture's directory.
+        if self.capture_dir.exists() and any(self.capture_dir.iterdir()):
+            raise CaptureError(f"{self.capture_dir} is not empty; choose a new --out directory")
         with self.step(StepName.INIT):
             self.capture_dir.mkdir(parents=True, exist_ok=True)
-            if any(self.capture_dir.iterdir()):
-                raise CaptureError(f"{self.capture_dir} is not empty; choose a new --out directory")
             (self.capture_dir / "logs").mkdir()
             self.journal.update(
                 capture_id=self.capture_id,
@@ -151,10 +154,10 @@ class CaptureJob:
             )
             self.journal.open()
             register(self.settings.registry_dir, self.capture_id, self.capture_dir)
-        try:
-            return await self._run()
-        finally:
-            self.journal.close()
+        manifest = await self._run()
+        # Only a finished capture leaves the active list; anything else is recovered by the next command.
+        self.journal.close()
+        return manifest
 
     async def _run(self) -> Manifest:
         settings = self.settings
@@ -221,21 +224,10 @@ class CaptureJob:
                 tiles_task = asyncio.create_task(self._run_tiles(playwright, chromium, display, audio))
                 chain_task = asyncio.create_task(self._chain_loop())
                 with self.step(StepName.RECORD) as notes:
-                    await self._record_loop(screen, audio_recorders)
-                    if not tiles_task.done():
-                        tiles_task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await tiles_task
-                    for browser in self.tiles.values():
-                        if browser.status in (TileStatus.PENDING, TileStatus.LOADING):
-                            browser.fail("page did not finish loading before the capture ended")
-                            self._tile_event(browser)
-                    await asyncio.gather(*(asyncio.to_thread(r.stop) for r in [screen, *audio_recorders]))
-                    chain_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await chain_task
-                    # The last segments closed when the recorders stopped: chain them and stamp the head.
-                    await asyncio.to_thread(self.chain.poll, final=True)
+                    try:
+                        await self._record_loop(screen, audio_recorders)
+                    finally:
+                        await self._end_recording(tiles_task, chain_task, [screen, *audio_recorders])
                     notes.append(self._record_summary())
                     notes.append(f"{len(self.chain.entries)} segments chained")
                     notes.extend("!" + problem for problem in self.chain.problems)
@@ -244,11 +236,12 @@ class CaptureJob:
                 self._record_load_step(load_step_started)
                 with self.step(StepName.COLLECT) as notes:
                     await self._collect(notes)
-        except EvidenceError as exc:
-            # The step that failed is already recorded; finish with what exists.
-            fatal = str(exc)
+        except (EvidenceError, PlaywrightError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            # The step that failed is already recorded; finish with what exists, recorders stopped.
+            fatal = str(exc) or type(exc).__name__
             running: list[ScreenRecorder | AudioRecorder | None] = [screen, *audio_recorders]
             await asyncio.gather(*(asyncio.to_thread(r.stop) for r in running if r is not None))
+            await asyncio.to_thread(self.chain.poll, final=True)
         finally:
             await self._teardown(display, audio)
         provenance = await provenance_task
@@ -333,7 +326,12 @@ class CaptureJob:
                     await tile.certificates()
             tile.write_page_info()
 
-        await asyncio.gather(*(run(tile.tile) for tile in self.layout.tiles))
+        results = await asyncio.gather(*(run(tile.tile) for tile in self.layout.tiles), return_exceptions=True)
+        for tile, result in zip(self.layout.tiles, results, strict=True):
+            if isinstance(result, Exception) and tile.tile in self.tiles:
+                # Whatever broke one tile is its recorded reason; the others went on.
+                first_line = str(result).splitlines()[0] if str(result) else ""
+                self.tiles[tile.tile].fail(f"{type(result).__name__}: {first_line}")
 
     def _record_load_step(self, started: datetime) -> None:
         failed = [t for t in self.tiles.values() if t.status == TileStatus.FAILED]
@@ -366,7 +364,14 @@ class CaptureJob:
                 tile.event("stream-copy-started", url=url, file=copier.output.name)
 
         task = asyncio.get_running_loop().create_task(start())
-        task.add_done_callback(lambda _t: None)
+        self._stream_tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._stream_tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                tile.event("stream-copy-failed", url=url, error=str(finished.exception()))
+
+        task.add_done_callback(done)
 
     # -- recording -------------------------------------------------------------------------------
 
@@ -399,6 +404,22 @@ class CaptureJob:
         if self._stop.is_set() and self.stop_reason.startswith("interrupted"):
             # Without --duration the operator's stop is the normal end of the capture.
             self.interrupted = duration is not None
+
+    async def _end_recording(self, tiles_task: asyncio.Task[None], chain_task: asyncio.Task[None],
+                             recorders: list[ScreenRecorder | AudioRecorder]) -> None:
+        """Stop tiles, recorders and the chain loop in order, whatever ended the recording."""
+        self._stop.set()
+        for task in (tiles_task, chain_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for browser in self.tiles.values():
+            if browser.status in (TileStatus.PENDING, TileStatus.LOADING):
+                browser.fail("page did not finish loading before the capture ended")
+                self._tile_event(browser)
+        await asyncio.gather(*(asyncio.to_thread(r.stop) for r in recorders))
+        # The last segments closed when the recorders stopped: chain them and stamp the head.
+        await asyncio.to_thread(self.chain.poll, final=True)
 
     async def _chain_loop(self) -> None:
         """Hash each segment as it closes; stamping may wait on a TSA, so it never blocks the recording loop."""

@@ -8,6 +8,7 @@ of facts that are each verifiable on their own (tokens, signature, version ids);
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 from capture.assemble import MANIFEST, load_manifest
 from capture.services import Services
 from evidence import (
+    DigestMismatch,
+    Digests,
     EvidenceError,
     Manifest,
     StorageError,
@@ -46,6 +49,8 @@ class Preservation:
     stored: dict[str, StoredObject] = field(default_factory=dict)
     custody_seqs: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)  # custody steps already recorded, so a resumed run skips them
+    complete: bool = False
 
     @property
     def pending_timestamps(self) -> list[TimestampRecord]:
@@ -60,6 +65,8 @@ class Preservation:
             "stored": {key: obj.model_dump(mode="json") for key, obj in sorted(self.stored.items())},
             "custody_seqs": self.custody_seqs,
             "problems": self.problems,
+            "done": self.done,
+            "complete": self.complete,
         }
 
     @classmethod
@@ -72,6 +79,8 @@ class Preservation:
             stored={k: StoredObject.model_validate(v) for k, v in data.get("stored", {}).items()},
             custody_seqs=[int(s) for s in data.get("custody_seqs", [])],
             problems=[str(p) for p in data.get("problems", [])],
+            done=[str(d) for d in data.get("done", [])],
+            complete=bool(data.get("complete", False)),
         )
 
     def save(self, capture_dir: Path) -> None:
@@ -124,29 +133,49 @@ class Preserver:
         preservation.custody_seqs.append(entry.seq)
 
     def preserve(self, capture_dir: Path) -> Preservation:
+        """Run (or resume, after a crash) every step not done yet; each is saved as soon as it is done."""
         manifest = load_manifest(capture_dir)
-        manifest_path = capture_dir / MANIFEST
-        size, digests = digest_file(manifest_path)
-        preservation = Preservation(
-            capture_id=manifest.capture_id,
-            manifest={"path": MANIFEST, "size": size, "sha256": digests.sha256, "sm3": digests.sm3},
-        )
-        self._custody(preservation, "captured", {
-            "status": manifest.status.value, "started_at": manifest.started_at.isoformat(),
-            "ended_at": manifest.ended_at.isoformat(), "operator": manifest.provenance.operator,
-            "case_id": manifest.provenance.case_id, "urls": [t.url for t in manifest.tiles],
-            "host": manifest.provenance.hostname,
-        })
-        self._custody(preservation, "hashed", {
-            "manifest_sha256": digests.sha256, "manifest_sm3": digests.sm3, "artifacts": len(manifest.artifacts),
-        })
-        self._sign(capture_dir, preservation)
-        self._timestamp(capture_dir, preservation)
-        preservation.save(capture_dir)
+        size, digests = digest_file(capture_dir / MANIFEST)
+        if (capture_dir / PRESERVATION).exists():
+            preservation = Preservation.load(capture_dir)
+            if preservation.manifest.get("sha256") != digests.sha256:
+                raise DigestMismatch(f"{capture_dir / MANIFEST} changed after it was preserved; "
+                                     "not preserving it again")
+        else:
+            preservation = Preservation(
+                capture_id=manifest.capture_id,
+                manifest={"path": MANIFEST, "size": size, "sha256": digests.sha256, "sm3": digests.sm3},
+            )
+            preservation.save(capture_dir)
+        if "captured" not in preservation.done:
+            self._custody(preservation, "captured", {
+                "status": manifest.status.value, "started_at": manifest.started_at.isoformat(),
+                "ended_at": manifest.ended_at.isoformat(), "operator": manifest.provenance.operator,
+                "case_id": manifest.provenance.case_id, "urls": [t.url for t in manifest.tiles],
+                "host": manifest.provenance.hostname,
+            })
+            self._done(capture_dir, preservation, "captured")
+        if "hashed" not in preservation.done:
+            self._custody(preservation, "hashed", {
+                "manifest_sha256": digests.sha256, "manifest_sm3": digests.sm3, "artifacts": len(manifest.artifacts),
+            })
+            self._done(capture_dir, preservation, "hashed")
+        if "signed" not in preservation.done:
+            self._sign(capture_dir, preservation)
+            self._done(capture_dir, preservation, "signed")
+        if "timestamped" not in preservation.done:
+            self._timestamp(capture_dir, preservation)
+            self._done(capture_dir, preservation, "timestamped")
         self.store(capture_dir, preservation, manifest)
         self.checkpoint(preservation)
+        preservation.complete = True
         preservation.save(capture_dir)
         return preservation
+
+    @staticmethod
+    def _done(capture_dir: Path, preservation: Preservation, step: str) -> None:
+        preservation.done.append(step)
+        preservation.save(capture_dir)
 
     def _sign(self, capture_dir: Path, preservation: Preservation) -> None:
         signer = self.services.signer
@@ -170,7 +199,10 @@ class Preserver:
 
     def _timestamp(self, capture_dir: Path, preservation: Preservation) -> None:
         digest = bytes.fromhex(str(preservation.manifest["sha256"]))
-        records = self.services.timestamper.stamp(digest, capture_dir, "manifest")
+        # Token files are never overwritten: a run resumed after a crash asks again under a new name.
+        name = "manifest" if not (capture_dir / "timestamps" / "manifest.0.tsq").exists() else \
+            f"manifest-{secrets.token_hex(3)}"
+        records = self.services.timestamper.stamp(digest, capture_dir, name)
         preservation.timestamps = records
         for record in records:
             if record.status == TimestampStatus.GRANTED:
@@ -205,17 +237,21 @@ class Preserver:
 
     def store(self, capture_dir: Path, preservation: Preservation, manifest: Manifest) -> None:
         """Queue every file not yet stored, then try to upload the queue; a store outage leaves it queued."""
+        # Artifacts are uploaded against the digests in the manifest, so a file changed on disk after the
+        # capture is refused by the spool instead of being locked away as if it were the evidence.
+        recorded = {a.path: a.digests for a in manifest.artifacts}
+        recorded[MANIFEST] = Digests(sha256=str(preservation.manifest["sha256"]), sm3=str(preservation.manifest["sm3"]))
+        queued = {item.key for batch in self.services.spool.pending() for item in batch.items}
         items = []
         for relative, media in preserved_files(capture_dir, manifest, preservation):
             key = object_key(preservation.capture_id, relative)
-            if key in preservation.stored:
+            if key in preservation.stored or key in queued:
                 continue
-            _size, digests = digest_file(capture_dir / relative)
+            digests = recorded.get(relative) or digest_file(capture_dir / relative)[1]
             items.append(SpoolItem(key=key, relative_path=relative, content_type=media, digests=digests,
                                    legal_hold=False))
-        spool = self.services.spool
         if items:
-            spool.enqueue(preservation.capture_id, capture_dir, items)
+            self.services.spool.enqueue(preservation.capture_id, capture_dir, items)
         self.sync(only=preservation)
 
     def sync(self, only: Preservation | None = None) -> int:
@@ -236,19 +272,23 @@ class Preserver:
         try:
             store = self.services.store()
         except StorageError as exc:
-            pending = sum(len(batch.items) for batch in self.services.spool.pending())
+            pending = sum(max(1, len(b.items) - len(b.stored)) for b in self.services.spool.pending())
             message = f"object store unavailable, {pending} file(s) kept in the spool for `wz sync`: {exc}"
             self.report(message)
             if only is not None:
                 only.problems.append(message)
             return pending
         result = self.services.spool.sync(store, on_stored=stored)
+        if result.busy:
+            self.report("another wz process is uploading the spool; it will finish the upload")
         for problem in result.problems:
             message = f"{problem.kind.value}: {problem.message}"
             self.report(message)
             if only is not None and problem.capture_id == only.capture_id:
                 only.problems.append(message)
-        pending = sum(len(batch.items) - len(batch.stored) for batch in self.services.spool.pending())
+        # A batch leaves the spool only when every item is stored, verified and recorded: any batch left
+        # counts, even one whose items are all uploaded but not yet recorded.
+        pending = sum(max(1, len(b.items) - len(b.stored)) for b in self.services.spool.pending())
         if result.stored:
             self.report(f"stored {len(result.stored)} object version(s) with COMPLIANCE retention, each read back "
                         "by version and re-hashed")

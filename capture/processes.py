@@ -20,11 +20,12 @@ from typing import IO
 from evidence import ComponentMissing
 
 _PR_SET_PDEATHSIG = 1
+# Loaded once here: loading a library in the forked child could deadlock on a lock another thread held.
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     # Own process group: a Ctrl-C on the terminal reaches us only; we stop children in order.
     os.setpgid(0, 0)
 
@@ -50,7 +51,7 @@ def spawn(
             stdout=sink,
             stderr=sink,
             cwd=cwd,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the capture is single-threaded when it spawns
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only async-signal-safe calls in the child
         )
     except FileNotFoundError as exc:
         raise ComponentMissing(f"{argv[0]} is not installed; run ./scripts/setup") from exc

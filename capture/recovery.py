@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +65,37 @@ def _is_running(journal: Journal) -> bool:
     return "wz" in cmdline or "python" in cmdline or "capture" in cmdline
 
 
+def leftover_processes(capture_dir: Path) -> list[int]:
+    """Processes still writing into a capture directory (e.g. an ffmpeg stuck on a dead PulseAudio)."""
+    marker = str(capture_dir.resolve()).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def stop_leftovers(capture_dir: Path, grace: float = 5.0) -> list[int]:
+    """SIGTERM (recorders then close their open segment), then SIGKILL what is still there after `grace`."""
+    pids = leftover_processes(capture_dir)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def recover_capture(settings: Settings, capture_dir: Path) -> Manifest:
     """Finalize one interrupted capture from its journal and the segments on disk."""
     journal = Journal.load(capture_dir, settings.active_dir)
@@ -72,12 +105,13 @@ def recover_capture(settings: Settings, capture_dir: Path) -> Manifest:
         journal.close()
         return load_manifest(capture_dir)
     started = datetime.now(UTC)
+    leftovers = stop_leftovers(capture_dir)
     pid = data.get("pid")
     reason = (f"interrupted: the capture process (pid {pid}) ended before finishing; "
               "finalized by a later wz command")
     layout = Layout.model_validate(data["layout"])
     steps = [Step.model_validate(s) for s in data.get("steps", [])]
-    notes: list[str] = []
+    notes: list[str] = [f"stopped {len(leftovers)} leftover recorder process(es)"] if leftovers else []
     if "provenance" in data:
         provenance = Provenance.model_validate(data["provenance"])
     else:

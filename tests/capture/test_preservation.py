@@ -288,3 +288,56 @@ def test_pinning_another_ca_refuses_the_package(preserved: tuple[dict[str, Any],
     anchors = [c for c in json.loads(pinned.stdout)["checks"] if c["name"] == "trust anchor"]
     assert anchors and "pinned by the verifier" in anchors[0]["detail"]
     del summary
+
+
+def _restamp_sums(root: str, files: dict[str, bytes]) -> None:
+    """Rebuild SHA256SUMS and SM3SUMS the way a forger would, so only the deeper checks can object."""
+    import hashlib
+
+    names = sorted(n for n in files if n.startswith(root + "/") and not n.endswith(("/SHA256SUMS", "/SM3SUMS")))
+    files[f"{root}/SHA256SUMS"] = "".join(
+        f"{hashlib.sha256(files[n]).hexdigest()}  {n.removeprefix(root + '/')}\n" for n in names).encode()
+    files[f"{root}/SM3SUMS"] = "".join(
+        f"{hashlib.new('sm3', files[n]).hexdigest()}  {n.removeprefix(root + '/')}\n" for n in names).encode()
+
+
+def test_a_forger_who_strips_the_timestamps_and_rebuilds_the_sums_is_caught(
+        preserved: tuple[dict[str, Any], Path, Path, dict], tmp_path: Path) -> None:
+    summary, _directory, package, env = preserved
+    root = summary["capture_id"]
+    with zipfile.ZipFile(package) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    record = json.loads(files[f"{root}/preservation.json"])
+    record["timestamps"] = []
+    files[f"{root}/preservation.json"] = json.dumps(record).encode()
+    for name in [n for n in files if "/timestamps/manifest." in n]:
+        del files[name]
+    _restamp_sums(root, files)
+    forged = tmp_path / "forged.zip"
+    with zipfile.ZipFile(forged, "w") as out:
+        for name, data in files.items():
+            out.writestr(name, data)
+    result = wz(["verify", str(forged), "--json"], env)
+    assert result.returncode == 1
+    failed = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["manifest timestamp"], failed
+
+
+def test_an_interrupted_preservation_is_finished_by_the_next_command(demo_server: FixtureServer,
+                                                                     s3_server: S3Endpoint, tmp_path: Path) -> None:
+    env = base_env(tmp_path / "data", s3_server)
+    summary = capture(env, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="4")
+    record_path = tmp_path / "c" / "preservation.json"
+    record = json.loads(record_path.read_text())
+    # As if the process had died right after signing: no token yet, nothing stored, not complete.
+    record.update({"done": ["captured", "hashed", "signed"], "timestamps": [], "stored": {}, "complete": False})
+    record_path.write_text(json.dumps(record))
+    result = wz(["custody", "verify"], env)
+    assert result.returncode == 0, result.stderr
+    finished = json.loads(record_path.read_text())
+    assert finished["complete"] is True
+    assert [t["status"] for t in finished["timestamps"]] == ["granted"]
+    assert finished["timestamps"][0]["response_path"].startswith("timestamps/manifest-")  # never overwrites
+    actions = [e["action"] for e in json.loads(wz(["custody", "show", summary["capture_id"], "--json"], env).stdout)]
+    assert actions.count("captured") == 1 and actions.count("signed") == 1 and actions.count("timestamped") == 2
+    assert wz(["verify", summary["capture_id"]], env).returncode == 0
