@@ -60,13 +60,6 @@ def openssl_speed(algorithm: str, seconds: int = 3) -> float:
     return float(values[-1]) * 1000.0
 
 
-def _child_peak(code: str) -> dict[str, Any]:
-    """Run `code` in a fresh Python and return what it prints as JSON (own RSS, not ours)."""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return data
-
-
 def bench_hashing(work: Path) -> dict[str, Any]:
     from hashing import digest_file
 
@@ -79,19 +72,16 @@ def bench_hashing(work: Path) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     ours = GIB / elapsed
     two = make_file(work / "two.bin", 2 * GIB)
-    memory = _child_peak(
-        "import json, resource; from pathlib import Path; from hashing import digest_file\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"digest_file(Path({str(two)!r}))\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps({'before_kib': before, 'after_kib': after}))"
-    )
+    sampler = RssSampler()  # resident set sampled every 10 ms, mapped file pages included
+    sampler.start()
+    digest_file(two)
+    growth = sampler.growth_mib()
     return {
         "openssl_sha256_bytes_per_s": sha_speed,
         "openssl_sm3_bytes_per_s": sm3_speed,
         "ours_bytes_per_s": ours,
         "ratio_vs_slower_openssl": ours / min(sha_speed, sm3_speed),
-        "rss_growth_2gib_mib": (memory["after_kib"] - memory["before_kib"]) / 1024,
+        "rss_growth_2gib_mib": growth,
     }
 
 

@@ -345,7 +345,7 @@ class S3ObjectStore(ObjectStore):
                     content_type=content_type,
                     metadata=headers,
                     part_size=_part_size(length),
-                    num_parallel_uploads=1,  # one part in memory at a time
+                    num_parallel_uploads=2,  # two parts in flight (32 MiB): hashing overlaps sending
                     retention=Retention(COMPLIANCE, retain_until) if locked else None,
                     legal_hold=legal_hold,
                 )

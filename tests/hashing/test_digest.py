@@ -34,3 +34,15 @@ def test_digest_writer_hashes_what_it_writes(tmp_path: Path) -> None:
     assert writer.size == 3
     assert writer.digests().sm3 == SM3_ABC
     assert path.read_bytes() == b"abc"
+
+
+def test_mapped_windows_cover_every_byte(tmp_path: Path) -> None:
+    from hashing.digest import WINDOW
+
+    data = (bytes(range(251)) * (WINDOW // 251 + 2))[: 2 * WINDOW + 12345]  # spans three windows, uneven end
+    path = tmp_path / "windows"
+    path.write_bytes(data)
+    size, digests = digest_file(path)
+    assert size == len(data)
+    assert digests.sha256 == hashlib.sha256(data).hexdigest()
+    assert digests.sm3 == hashlib.new("sm3", data).hexdigest()
