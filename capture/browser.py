@@ -256,7 +256,8 @@ class TileBrowser:
                 self.user_agent = await response.request.header_value("user-agent")
             if response.status >= 400:
                 self.fail(f"HTTP {response.status}")
-        with contextlib.suppress(Error):
+        # A renderer that hangs right after loading does not answer; the health check names it hung.
+        with contextlib.suppress(Error, TimeoutError):
             self.title = await asyncio.wait_for(page.title(), 5)
         if self.status == TileStatus.LOADING:
             self.status = TileStatus.RECORDING

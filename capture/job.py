@@ -330,8 +330,10 @@ class CaptureJob:
         for tile, result in zip(self.layout.tiles, results, strict=True):
             if isinstance(result, Exception) and tile.tile in self.tiles:
                 # Whatever broke one tile is its recorded reason; the others went on.
-                first_line = str(result).splitlines()[0] if str(result) else ""
-                self.tiles[tile.tile].fail(f"{type(result).__name__}: {first_line}")
+                first_line = str(result).splitlines()[0] if str(result) else "no answer in time"
+                kind = "hung" if isinstance(result, TimeoutError) else "failed"
+                self.tiles[tile.tile].fail(f"the page stopped answering the browser ({kind}; "
+                                           f"{type(result).__name__}: {first_line})")
 
     def _record_load_step(self, started: datetime) -> None:
         failed = [t for t in self.tiles.values() if t.status == TileStatus.FAILED]
