@@ -8,7 +8,6 @@ segment n. Both are evidence files of the capture.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import threading
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capture.finalize import closed_segment_names
 from capture.recorders import SEGMENT_DIR
 from evidence import DigestMismatch, EvidenceError, TimestampRecord, TimestampStatus
 from hashing import digest_file
@@ -30,15 +30,6 @@ Stamp = Callable[[bytes, Path, str], list[TimestampRecord]]
 
 def chain_step(previous_hex: str, segment_sha256_hex: str) -> str:
     return hashlib.sha256(bytes.fromhex(previous_hex) + bytes.fromhex(segment_sha256_hex)).hexdigest()
-
-
-def closed_segments(capture_dir: Path) -> list[str]:
-    """Names of segments the recorders have closed, from their segment lists (the open one is never listed)."""
-    names: list[str] = []
-    for listing in sorted((capture_dir / SEGMENT_DIR).glob("*.csv")):
-        with listing.open(newline="", encoding="utf-8") as handle:
-            names.extend(row[0] for row in csv.reader(handle) if row)
-    return names
 
 
 @dataclass
@@ -70,7 +61,7 @@ class SegmentChain:
 
     def _poll(self, final: bool) -> int:
         added = 0
-        for name in closed_segments(self.capture_dir):
+        for name in closed_segment_names(self.capture_dir):
             if name in self._known:
                 continue
             path = self.capture_dir / SEGMENT_DIR / name

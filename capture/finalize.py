@@ -49,6 +49,15 @@ def _probe_packets(ffprobe: str, path: Path, stream: str) -> list[float]:
     return times
 
 
+def closed_segment_names(capture_dir: Path) -> list[str]:
+    """Segments the recorders closed, from their segment lists (the one open at a crash is never listed)."""
+    names: list[str] = []
+    for listing in sorted((capture_dir / SEGMENT_DIR).glob("*.csv")):
+        with listing.open(newline="", encoding="utf-8") as handle:
+            names.extend(row[0] for row in csv.reader(handle) if row)
+    return names
+
+
 def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
     """Playable segments of recorder `name` (`video`, `audio1`, ...); empty or undecodable ones are set aside."""
     directory = capture_dir / SEGMENT_DIR
@@ -57,7 +66,12 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
     damaged: list[str] = []
     starts: list[float] = []
     stream = "v:0" if name == "video" else "a:0"
+    closed = set(closed_segment_names(capture_dir))
     for path in found:
+        if path.stat().st_size == 0 and path.name not in closed:
+            # The file ffmpeg had just opened when the capture died: no bytes, no evidence, unplayable.
+            path.unlink()
+            continue
         # Empty or undecodable segments stay on disk (they may be in the hash chain) but out of the videos.
         times = _probe_packets(ffprobe, path, stream) if path.stat().st_size else []
         if not times:

@@ -294,6 +294,23 @@ class Preserver:
                         "by version and re-hashed")
         return pending
 
+    def legal_hold(self, capture_dir: Path, on: bool, reason: str) -> int:
+        """Set (or release) legal hold on every stored version of a capture; returns how many were changed."""
+        preservation = Preservation.load(capture_dir)
+        if not preservation.stored:
+            raise StorageError(f"{preservation.capture_id} has nothing stored yet; run `wz sync` first")
+        store = self.services.store()
+        changed = 0
+        for key, stored in sorted(preservation.stored.items()):
+            store.set_legal_hold(key, stored.version_id, on)
+            preservation.stored[key] = stored.model_copy(update={"legal_hold": on})
+            changed += 1
+        preservation.save(capture_dir)
+        self._custody(preservation, "legal-hold" if on else "legal-hold-released",
+                      {"objects": changed, "reason": reason})
+        preservation.save(capture_dir)
+        return changed
+
     def checkpoint(self, preservation: Preservation) -> None:
         try:
             checkpoint = self.services.checkpoint()

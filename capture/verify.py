@@ -492,5 +492,11 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
     subject_entries = services.ledger.entries(subject=manifest.capture_id)
     report.checks.append(Check("custody entries for capture", manifest.capture_id, bool(subject_entries),
                                f"{len(subject_entries)} entries: " + ", ".join(e.action for e in subject_entries)))
+    # The verification itself is an action on the evidence: it goes on the record, passed or not.
+    services.ledger.append(services.actor, "verified", manifest.capture_id, {
+        "ok": report.ok, "checks": len(report.checks),
+        "failed": [f"{c.name} [{c.subject}]" for c in report.failures][:20],
+        "objects_reread": sum(1 for c in report.checks if c.name == "object re-read by version"),
+    })
     report.raise_for_failures()
     return report

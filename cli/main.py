@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -21,7 +22,7 @@ from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
-from capture.assemble import MANIFEST
+from capture.assemble import MANIFEST, load_manifest
 from capture.export import export_capture
 from capture.job import CaptureJob
 from capture.preserve import PRESERVATION, Preservation, Preserver
@@ -107,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("capture_id")
     show.add_argument("--json", action="store_true")
     custody_commands.add_parser("verify", help="recompute the whole ledger: hashes, chain, Merkle tree, checkpoints")
+
+    hold = commands.add_parser("legal-hold", help="set or release S3 legal hold on a capture or a whole case")
+    hold.add_argument("state", choices=["on", "off"])
+    target = hold.add_mutually_exclusive_group(required=True)
+    target.add_argument("--capture", dest="capture_id", help="one capture id")
+    target.add_argument("--case", dest="case_id", help="every capture of this case")
+    hold.add_argument("--reason", default="", help="why (recorded in the custody ledger)")
 
     export = commands.add_parser("export", help="write a self-verifying evidence package (zip)")
     export.add_argument("capture_id")
@@ -282,6 +290,12 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{entry.seq:>6}  {entry.at:%Y-%m-%d %H:%M:%S}Z  {entry.actor:<12} {entry.action:<18} "
                       f"{json.dumps(entry.details, ensure_ascii=False)[:110]}")
             return EXIT_OK
+        if args.command == "legal-hold":
+            directories = _hold_targets(settings, args.capture_id, args.case_id)
+            for directory in directories:
+                changed = preserver.legal_hold(directory, args.state == "on", args.reason)
+                _say(f"legal hold {args.state} for {changed} object version(s) of {directory.name}")
+            return EXIT_OK
         if args.command == "export":
             directory = locate(settings.registry_dir, args.capture_id)
             path = export_capture(services, directory, args.output)
@@ -289,6 +303,19 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         directory = locate(settings.registry_dir, args.target)
         return _print_verification(lambda: verify_capture(services, directory), args.json)
+
+
+def _hold_targets(settings: Settings, capture_id: str | None, case_id: str | None) -> list[Path]:
+    if capture_id:
+        return [locate(settings.registry_dir, capture_id)]
+    found = []
+    for _capture_id, directory in known(settings.registry_dir):
+        with contextlib.suppress(OSError, ValueError):
+            if (directory / MANIFEST).exists() and load_manifest(directory).provenance.case_id == case_id:
+                found.append(directory)
+    if not found:
+        raise UsageError(f"no capture of case {case_id!r} on this machine")
+    return found
 
 
 def _print_verification(run: Callable[[], VerificationReport], as_json: bool) -> int:

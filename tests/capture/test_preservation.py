@@ -341,3 +341,27 @@ def test_an_interrupted_preservation_is_finished_by_the_next_command(demo_server
     actions = [e["action"] for e in json.loads(wz(["custody", "show", summary["capture_id"], "--json"], env).stdout)]
     assert actions.count("captured") == 1 and actions.count("signed") == 1 and actions.count("timestamped") == 2
     assert wz(["verify", summary["capture_id"]], env).returncode == 0
+
+
+def test_legal_hold_per_capture_and_per_case(preserved: tuple[dict[str, Any], Path, Path, dict]) -> None:
+    from minio import Minio
+
+    summary, directory, _package, env = preserved
+    on = wz(["legal-hold", "on", "--case", "CASE-7", "--reason", "court order 2026-77"], env)
+    assert on.returncode == 0, on.stderr
+    record = json.loads((directory / "preservation.json").read_text())
+    client = Minio(env["WZ_S3_ENDPOINT"], access_key=env["WZ_S3_ACCESS_KEY"], secret_key=env["WZ_S3_SECRET_KEY"],
+                   secure=False)
+    key, stored = sorted(record["stored"].items())[0]
+    assert stored["legal_hold"] is True
+    assert client.is_object_legal_hold_enabled(env["WZ_S3_BUCKET"], key, version_id=stored["version_id"])
+    off = wz(["legal-hold", "off", "--capture", summary["capture_id"]], env)
+    assert off.returncode == 0, off.stderr
+    assert not client.is_object_legal_hold_enabled(env["WZ_S3_BUCKET"], key, version_id=stored["version_id"])
+    entries = json.loads(wz(["custody", "show", summary["capture_id"], "--json"], env).stdout)
+    holds = [e for e in entries if e["action"].startswith("legal-hold")]
+    assert [e["action"] for e in holds] == ["legal-hold", "legal-hold-released"]
+    assert holds[0]["details"]["reason"] == "court order 2026-77"
+    assert "verified" in [e["action"] for e in entries]  # the online verification went on the record too
+    unknown = wz(["legal-hold", "on", "--case", "NO-SUCH-CASE"], env)
+    assert unknown.returncode == 2 and "no capture of case" in unknown.stderr
