@@ -24,6 +24,8 @@ import base64
 import hashlib
 import json
 import re
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -370,6 +372,23 @@ def _engine_for(url: str) -> Engine:
                              f"set WZ_DATABASE_URL")
 
 
+def _use_wal(cursor: Any) -> None:
+    """WAL, so readers never block the writer nor it them. Switching a new file to WAL needs an exclusive
+    lock for which SQLite does not call the busy handler: several processes opening a new ledger at once
+    get "database is locked" at once, so retry within the busy timeout. WAL persists in the file, so
+    later connections only read the mode."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _prepare_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -377,7 +396,7 @@ def _prepare_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, nor it them
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous = FULL")  # a committed custody entry survives a power cut
         cursor.close()
 
