@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from capture.finalize import SegmentSet, cut_tiles, mux_composite, segment_set, write_frame_times
-from capture.journal import JOURNAL
 from evidence import (
     Artifact,
     ArtifactRole,
@@ -23,8 +21,6 @@ from evidence import (
     Manifest,
     Provenance,
     Step,
-    StepName,
-    StepOutcome,
     TileResult,
     TileStatus,
 )
@@ -155,7 +151,7 @@ def assemble_videos(
                                   ffprobe=ffprobe, log=log)
     except EvidenceError as exc:
         return Assembly(recorded_seconds=0.0, frames=0, problems=(*problems, str(exc)), composite=False)
-    _frames_path, frames, covered = write_frame_times(capture_dir, video, t0=t0, origin=origin, ffprobe=ffprobe)
+    _frames_path, frames, covered = write_frame_times(capture_dir, video, t0=t0, origin=origin)
     try:
         cut_tiles(capture_dir, layout, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path, log=log)
     except EvidenceError as exc:
@@ -244,9 +240,3 @@ def read_tile_result(capture_dir: Path, tile: int, url: str, default_reason: str
         media_urls=tuple(info.get("media_urls") or ()),
     )
 
-
-StepRecorder = Callable[[StepName, StepOutcome, str], None]
-
-
-def is_capture_dir(path: Path) -> bool:
-    return (path / JOURNAL).exists()

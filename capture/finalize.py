@@ -32,7 +32,11 @@ class SegmentSet:
     segments: tuple[Path, ...]
     damaged: tuple[str, ...]
     first_pts: float | None
-    starts: tuple[float, ...] = ()  # first timestamp of each playable segment, probed once
+    times: tuple[tuple[float, ...], ...] = ()  # each playable segment's packet times, sorted, probed once
+
+    @property
+    def starts(self) -> tuple[float, ...]:
+        return tuple(segment[0] for segment in self.times)
 
 
 def _probe_packets(ffprobe: str, path: Path, stream: str) -> list[float]:
@@ -64,7 +68,7 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
     found = sorted(p for p in directory.glob(f"{name}_*.ts") if _SEGMENT.match(p.name))
     good: list[Path] = []
     damaged: list[str] = []
-    starts: list[float] = []
+    times: list[tuple[float, ...]] = []
     stream = "v:0" if name == "video" else "a:0"
     closed = set(closed_segment_names(capture_dir))
     for path in found:
@@ -73,14 +77,14 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
             path.unlink()
             continue
         # Empty or undecodable segments stay on disk (they may be in the hash chain) but out of the videos.
-        times = _probe_packets(ffprobe, path, stream) if path.stat().st_size else []
-        if not times:
+        packets = _probe_packets(ffprobe, path, stream) if path.stat().st_size else []
+        if not packets:
             damaged.append(path.name)
             continue
-        starts.append(min(times))
+        times.append(tuple(sorted(packets)))
         good.append(path)
     return SegmentSet(name=name, segments=tuple(good), damaged=tuple(damaged),
-                      first_pts=starts[0] if starts else None, starts=tuple(starts))
+                      first_pts=times[0][0] if times else None, times=tuple(times))
 
 
 def write_concat_list(segments: SegmentSet, path: Path) -> None:
@@ -140,7 +144,7 @@ def mux_composite(
         else:
             # No audio was recorded for this tile: a silent track keeps track i = tile i.
             if duration is None:
-                duration = video_duration(video, ffprobe)
+                duration = video_duration(video)
             streams.append(ffmpeg.input("anullsrc=r=48000:cl=stereo", f="lavfi", t=f"{duration:.3f}")["a"])
         # MP4 keeps a track's name in its handler box; players list tracks by it.
         metadata[f"metadata:s:a:{index}"] = f"handler_name=Tile {tile.tile}: {tile.url}"
@@ -160,9 +164,8 @@ def mux_composite(
     return output_path
 
 
-def video_duration(video: SegmentSet, ffprobe: str = "ffprobe") -> float:
-    times = _probe_packets(ffprobe, video.segments[-1], "v:0")
-    return max(0.0, max(times, default=0.0) - (video.first_pts or 0.0))
+def video_duration(video: SegmentSet) -> float:
+    return max(0.0, video.times[-1][-1] - (video.first_pts or 0.0)) if video.times else 0.0
 
 
 def cut_tiles(
@@ -204,9 +207,7 @@ def cut_tiles(
     return paths
 
 
-def write_frame_times(
-    capture_dir: Path, video: SegmentSet, *, t0: float, origin: float, ffprobe: str
-) -> tuple[Path, int, float]:
+def write_frame_times(capture_dir: Path, video: SegmentSet, *, t0: float, origin: float) -> tuple[Path, int, float]:
     """frames.csv: the wall-clock time of every composite frame. Returns (path, frames, seconds covered)."""
     path = capture_dir / "frames.csv"
     count = 0
@@ -215,8 +216,8 @@ def write_frame_times(
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["frame", "composite_seconds", "utc", "epoch_seconds", "segment"])
-        for segment in video.segments:
-            for pts in sorted(_probe_packets(ffprobe, segment, "v:0")):
+        for segment, packets in zip(video.segments, video.times, strict=True):
+            for pts in packets:
                 epoch = t0 + pts
                 moment = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
                 writer.writerow([count, f"{pts - origin:.6f}", moment.replace("+00:00", "Z"), f"{epoch:.6f}",

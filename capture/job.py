@@ -30,7 +30,7 @@ from capture.display import VirtualDisplay
 from capture.environment import check_components, collect_provenance, resolve_chromium
 from capture.journal import Journal
 from capture.layout import build_layout
-from capture.recorders import AudioRecorder, ScreenRecorder, StreamCopier
+from capture.recorders import AudioRecorder, Recorder, ScreenRecorder, StreamCopier
 from capture.registry import register
 from evidence import (
     CaptureError,
@@ -93,7 +93,6 @@ class CaptureJob:
         self.stop_reason = ""
         self.interrupted = False
         self.recording_started: float | None = None
-        self.first_frame_seconds: float | None = None
         self._launch_monotonic = time.monotonic()
         self.chain = SegmentChain(self.capture_dir, stamp=stamp, stamp_seconds=settings.segment_stamp_seconds)
 
@@ -239,7 +238,7 @@ class CaptureJob:
         except (EvidenceError, PlaywrightError, OSError, ValueError, subprocess.SubprocessError) as exc:
             # The step that failed is already recorded; finish with what exists, recorders stopped.
             fatal = str(exc) or type(exc).__name__
-            running: list[ScreenRecorder | AudioRecorder | None] = [screen, *audio_recorders]
+            running: list[Recorder | None] = [screen, *audio_recorders]
             await asyncio.gather(*(asyncio.to_thread(r.stop) for r in running if r is not None))
             await asyncio.to_thread(self.chain.poll, final=True)
         finally:
@@ -382,7 +381,6 @@ class CaptureJob:
         duration = self.request.duration_seconds
         limit = min(duration, self.settings.max_duration_seconds) if duration else self.settings.max_duration_seconds
         last_health = time.monotonic()
-        first_segment = self.capture_dir / "segments" / "video_00000.ts"
         while not self._stop.is_set():
             elapsed = time.monotonic() - self.recording_started
             if elapsed >= limit:
@@ -390,8 +388,6 @@ class CaptureJob:
                     self.request_stop(f"reached the maximum duration of {self.settings.max_duration_seconds:.0f} s")
                     self.interrupted = False
                 break
-            if self.first_frame_seconds is None and first_segment.exists() and first_segment.stat().st_size > 0:
-                self.first_frame_seconds = time.monotonic() - self._launch_monotonic
             if not screen.alive():
                 raise CaptureError(f"the screen recorder stopped unexpectedly; see {self.capture_dir}/logs/screen.log")
             for recorder in audio_recorders:
@@ -408,7 +404,7 @@ class CaptureJob:
             self.interrupted = duration is not None
 
     async def _end_recording(self, tiles_task: asyncio.Task[None], chain_task: asyncio.Task[None],
-                             recorders: list[ScreenRecorder | AudioRecorder]) -> None:
+                             recorders: list[Recorder]) -> None:
         """Stop tiles, recorders and the chain loop in order, whatever ended the recording."""
         self._stop.set()
         for task in (tiles_task, chain_task):

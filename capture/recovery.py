@@ -17,6 +17,7 @@ from capture.assemble import (
     assemble_videos,
     build_manifest,
     load_manifest,
+    overall_status,
     read_tile_result,
     write_manifest,
 )
@@ -25,7 +26,6 @@ from capture.environment import check_components, collect_provenance
 from capture.journal import Journal, active_captures
 from capture.processes import pid_alive
 from evidence import (
-    CaptureStatus,
     EvidenceError,
     Layout,
     Manifest,
@@ -34,7 +34,6 @@ from evidence import (
     Step,
     StepName,
     StepOutcome,
-    TileStatus,
 )
 
 
@@ -138,8 +137,7 @@ def recover_capture(settings: Settings, capture_dir: Path) -> Manifest:
     notes.extend(assembly.problems)
     steps.append(Step(name=StepName.RECOVER, outcome=StepOutcome.PARTIAL if assembly.composite else StepOutcome.FAILED,
                       started_at=started, ended_at=datetime.now(UTC), detail="; ".join(notes)))
-    recorded = [t for t in tiles if t.status in (TileStatus.COMPLETE, TileStatus.PARTIAL)]
-    status = CaptureStatus.PARTIAL if assembly.composite and recorded else CaptureStatus.FAILED
+    status = overall_status(tiles, composite=assembly.composite, interrupted=True)
     manifest = build_manifest(
         capture_dir,
         capture_id=capture_id,
