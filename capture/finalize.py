@@ -104,9 +104,17 @@ def write_concat_list(segments: SegmentSet, path: Path) -> None:
 
 def _run(argv: list[str], log: Path, what: str) -> None:
     with log.open("ab") as sink:
+        sink.write(("$ " + " ".join(argv) + "\n").encode())
+        sink.flush()  # before ffmpeg writes to the same file
+        started = sink.tell()
         code = subprocess.run(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, check=False).returncode
     if code != 0:
-        raise RecorderFailed(f"ffmpeg could not {what} (exit {code}); see {log}")
+        # ffmpeg's last words name the cause; the full output stays in the log.
+        with log.open("rb") as source:
+            source.seek(started)
+            said = [line.strip() for line in source.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        reason = f": {' | '.join(said[-2:])}" if said else ""
+        raise RecorderFailed(f"ffmpeg could not {what} (exit {code}){reason}; see {log}")
 
 
 def mux_composite(
@@ -155,6 +163,8 @@ def mux_composite(
         vcodec="copy",
         acodec="aac" if duration is not None else "copy",
         movflags="+faststart",
+        # Tracks may start seconds apart (a late audio recorder); the muxer must hold packets meanwhile.
+        max_muxing_queue_size=65536,
         **{"metadata:s:v:0": "handler_name=Wangzheng synchronized multi-screen composite"},
         **metadata,
     )
