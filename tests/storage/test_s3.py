@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -125,6 +127,37 @@ def test_bucket_without_object_lock_with_the_unsafe_flag(
         unsafe.put_file("g", path, content_type="text/plain", digests=digests, legal_hold=True)
     raw.remove_object(bucket_name, "f", version_id=stored.version_id)  # the danger the flag accepts
     assert versions(raw, bucket_name, "f") == []
+
+
+def test_part_bodies_go_unsigned_while_requests_stay_signed(
+    store: S3ObjectStore, endpoint: S3Endpoint, bucket_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = 2 * 16 * MiB + 5  # three parts
+    path, digests = write_file(tmp_path / "video.mp4", random_bytes(size))
+    sent: list[tuple[str, str, dict[str, str]]] = []
+    http = store.client._http
+    send = http.urlopen
+
+    def recording(method: str, url: str, **kwargs: Any) -> Any:
+        sent.append((method, url, {k.lower(): v for k, v in (kwargs.get("headers") or {}).items()}))
+        return send(method, url, **kwargs)
+
+    monkeypatch.setattr(http, "urlopen", recording)
+    stored = store.put_file("video.mp4", path, content_type="video/mp4", digests=digests)
+    assert store.verify(stored).verified_at is not None  # the end-to-end check that replaces body signing
+    parts = [headers for method, url, headers in sent if method == "PUT" and "partNumber=" in url]
+    assert len(parts) == 3
+    assert [int(h["content-length"]) for h in parts] == [16 * MiB, 16 * MiB, 5]
+    assert [h["x-amz-content-sha256"] for h in parts[:2]] == ["UNSIGNED-PAYLOAD"] * 2
+    assert all(h["authorization"].startswith("AWS4-HMAC-SHA256 ") for h in parts)
+    # Small bodies (a 5-byte last part, the completion's XML) keep a signed payload hash.
+    assert parts[2]["x-amz-content-sha256"] == hashlib.sha256(path.read_bytes()[-5:]).hexdigest()
+    completion = [h for method, url, h in sent if method == "POST" and "uploadId=" in url]
+    assert len(completion) == 1 and re.fullmatch(r"[0-9a-f]{64}", completion[0]["x-amz-content-sha256"])
+    # Headers are still signed: a wrong secret is refused on the same upload.
+    wrong = dataclasses.replace(endpoint, secret_key="WRONG" + endpoint.secret_key[5:])
+    with pytest.raises(StorageError, match="rejected the credentials"):
+        make_store(wrong, bucket_name).put_file("forged.mp4", path, content_type="video/mp4", digests=digests)
 
 
 @pytest.mark.parametrize("wrong", ["access_key", "secret_key"])
