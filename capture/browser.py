@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from playwright.async_api import Browser, ConsoleMessage, Error, Page, Playwright, Request, Response
+from playwright.async_api import (
+    Browser,
+    CDPSession,
+    ConsoleMessage,
+    Error,
+    Page,
+    Playwright,
+    Request,
+    Response,
+)
 
 from capture.har import HarRecorder
 from capture.layout import DEVICE_SCALE, WINDOW_CSS_HEIGHT, WINDOW_CSS_WIDTH
@@ -118,6 +127,7 @@ class TileBrowser:
         self.process: subprocess.Popen[bytes] | None = None
         self.browser: Browser | None = None
         self.page: Page | None = None
+        self._network: CDPSession | None = None  # asks for TLS certificates; see launch()
         self.status = TileStatus.PENDING
         self.reason = ""
         self.http_status: int | None = None
@@ -170,6 +180,10 @@ class TileBrowser:
         page = context.pages[0] if context.pages else await context.new_page()
         self.page = page
         self._attach(page)
+        # Network.getCertificate answers only on a session whose Network domain was on when the page loaded
+        # (an empty list otherwise, seen with Chromium 156); zero buffers: it keeps no response bodies.
+        self._network = await context.new_cdp_session(page)
+        await self._network.send("Network.enable", {"maxTotalBufferSize": 0, "maxResourceBufferSize": 0})
         self.event("browser-started", pid=self.process.pid, version=self.browser.version)
 
     def _attach(self, page: Page) -> None:
@@ -323,11 +337,11 @@ class TileBrowser:
             return None
         pem = ""
         source = ""
-        if self.page is not None and not self.crashed:
+        if self._network is not None and not self.crashed:
             with contextlib.suppress(Error, TimeoutError, KeyError):
-                session = await self.page.context.new_cdp_session(self.page)
                 origin = f"{parts.scheme}://{parts.netloc}"
-                result = await asyncio.wait_for(session.send("Network.getCertificate", {"origin": origin}), 10)
+                request = self._network.send("Network.getCertificate", {"origin": origin})
+                result = await asyncio.wait_for(request, 10)
                 ders = [base64.b64decode(item) for item in result["tableNames"]]
                 pem = "".join(ssl.DER_cert_to_PEM_cert(der) for der in ders)
                 source = "the browser's own connection (CDP Network.getCertificate)"

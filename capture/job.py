@@ -32,6 +32,7 @@ from capture.journal import Journal
 from capture.layout import build_layout
 from capture.recorders import AudioRecorder, Recorder, ScreenRecorder, StreamCopier
 from capture.registry import register
+from capture.trust import describe, install_browser_roots, load_extra_roots
 from evidence import (
     CaptureError,
     CaptureEvent,
@@ -164,6 +165,9 @@ class CaptureJob:
             components = check_components(settings)
             chromium = resolve_chromium(settings.chromium)
             notes.append(f"chromium {components['chromium']}; ffmpeg {components['ffmpeg'][:40]}")
+            extra_roots = load_extra_roots(Path(settings.capture_ca_file)) if settings.capture_ca_file else ()
+            if extra_roots:
+                notes.append(f"{len(extra_roots)} extra trusted root(s) from WZ_CAPTURE_CA_FILE")
         options = {
             "duration_seconds": self.request.duration_seconds,
             "fps": self.request.fps,
@@ -173,6 +177,7 @@ class CaptureJob:
             "max_duration_seconds": settings.max_duration_seconds,
             "stream_copy": settings.stream_copy,
             "allow_private_targets": settings.capture_allow_private,
+            "extra_trusted_roots": [describe(root) for root in extra_roots],
         }
         common_flags = [f for f in chromium_flags(self.layout.tiles[0].rect, Path("/"))
                         if not f.startswith(("--window-position", "--user-data-dir"))]
@@ -195,6 +200,8 @@ class CaptureJob:
                 with self.step(StepName.SETUP) as notes:
                     display.start()
                     audio.start()
+                    # The browsers' $HOME is the audio server's private runtime directory (see AudioServer.env).
+                    install_browser_roots(Path(audio.env()["HOME"]), extra_roots)
                     for tile in self.layout.tiles:
                         audio.add_sink(tile.tile)
                     t0 = float(int(time.time()) - 2)

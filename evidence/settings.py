@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     segment_seconds: int = Field(default=5, ge=1, le=10)
     load_timeout_seconds: float = Field(default=20.0, gt=0)
     stream_copy: bool = Field(default=True, description="Copy the original media streams a page plays.")
+    capture_ca_file: str = Field(
+        default="",
+        description="PEM bundle of extra roots the capture browser trusts (an organisation's CA, a TLS-inspecting "
+        "proxy); recorded in the provenance. Empty: Chromium's built-in roots only.",
+    )
 
     # -- integrity and preservation (RFC 3161, S3 Object Lock, custody) --
     tsa_urls: str = Field(default="", description="Comma-separated RFC 3161 TSA URLs; empty: the local TSA.")
