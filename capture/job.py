@@ -212,18 +212,17 @@ class CaptureJob:
                         ffmpeg_path=settings.ffmpeg, log=self.capture_dir / "logs" / "screen.log",
                     )
                     screen.start()
-                    for tile in self.layout.tiles:
-                        recorder = AudioRecorder(
-                            tile=tile.tile, sink=audio.sinks[tile.tile], capture_dir=self.capture_dir, t0=t0,
-                            segment_seconds=settings.segment_seconds, ffmpeg_path=settings.ffmpeg,
-                            env=audio.env(), log=self.capture_dir / "logs" / f"audio{tile.tile}.log",
-                        )
-                        recorder.start()
-                        audio_recorders.append(recorder)
+                    recorder = AudioRecorder(
+                        sinks=audio.sinks, capture_dir=self.capture_dir, t0=t0,
+                        segment_seconds=settings.segment_seconds, ffmpeg_path=settings.ffmpeg,
+                        env=audio.env(), log=self.capture_dir / "logs" / "audio.log",
+                    )
+                    recorder.start()
+                    audio_recorders.append(recorder)
                     self.recording_started = time.monotonic()
                     self.journal.update(recording_started_at=_now().isoformat())
                     notes.append(f"display {display.name} {self.layout.width}x{self.layout.height}; "
-                                 f"{len(audio_recorders)} audio sink(s); t0={t0:.0f}")
+                                 f"{len(audio.sinks)} audio sink(s); t0={t0:.0f}")
                 # Tiles start and load while the recording runs: the composite shows them loading,
                 # and a slow or broken page cannot delay the others.
                 load_step_started = _now()
@@ -399,7 +398,7 @@ class CaptureJob:
                 raise CaptureError(f"the screen recorder stopped unexpectedly; see {self.capture_dir}/logs/screen.log")
             for recorder in audio_recorders:
                 if not recorder.alive() and recorder.process is not None:
-                    self.emit(EventKind.PROGRESS, f"audio recorder {recorder.name} stopped", tile=recorder.tile)
+                    self.emit(EventKind.PROGRESS, f"the audio recorder stopped; see {self.capture_dir}/logs/audio.log")
             if time.monotonic() - last_health >= HEALTH_INTERVAL:
                 last_health = time.monotonic()
                 await self._check_health()

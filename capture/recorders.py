@@ -178,13 +178,19 @@ class ScreenRecorder(_FfmpegRecorder):
 
 
 class AudioRecorder(_FfmpegRecorder):
-    """One tile's PulseAudio sink monitor, AAC in segments on the shared clock."""
+    """Every tile's PulseAudio sink monitor, each to its own AAC segments on the shared clock, in one ffmpeg.
+
+    One process rather than one per tile: each ffmpeg maps some 40 MB of shared libraries, counted again
+    in every process's RSS, while the inputs are read on their own threads and keep their own timestamps.
+    The sinks live on one private PulseAudio server, so they would fail together anyway.
+    """
+
+    name = "audio"
 
     def __init__(
         self,
         *,
-        tile: int,
-        sink: str,
+        sinks: dict[int, str],
         capture_dir: Path,
         t0: float,
         segment_seconds: int,
@@ -193,9 +199,7 @@ class AudioRecorder(_FfmpegRecorder):
         log: Path,
     ) -> None:
         super().__init__(ffmpeg_path, log)
-        self.name = f"audio-{tile}"
-        self.tile = tile
-        self.sink = sink
+        self.sinks = dict(sinks)
         self.capture_dir = capture_dir
         self.t0 = t0
         self.segment_seconds = segment_seconds
@@ -204,15 +208,17 @@ class AudioRecorder(_FfmpegRecorder):
     def build_argv(self) -> list[str]:
         segments = self.capture_dir / SEGMENT_DIR
         segments.mkdir(parents=True, exist_ok=True)
-        stream = ffmpeg.input(f"{self.sink}.monitor", f="pulse", sample_rate=48000, channels=2)
-        out = ffmpeg.output(
-            stream,
-            str(segments / f"audio{self.tile}_%05d.ts"),
-            acodec="aac",
-            audio_bitrate="128k",
-            **_segment_options(self.t0, self.segment_seconds, segments / f"audio{self.tile}.csv"),
-        )
-        return self._with_globals(out.compile(cmd=self._ffmpeg))
+        outputs = []
+        for tile, sink in sorted(self.sinks.items()):
+            stream = ffmpeg.input(f"{sink}.monitor", f="pulse", sample_rate=48000, channels=2, thread_queue_size=1024)
+            outputs.append(ffmpeg.output(
+                stream,
+                str(segments / f"audio{tile}_%05d.ts"),
+                acodec="aac",
+                audio_bitrate="128k",
+                **_segment_options(self.t0, self.segment_seconds, segments / f"audio{tile}.csv"),
+            ))
+        return self._with_globals(ffmpeg.merge_outputs(*outputs).compile(cmd=self._ffmpeg))
 
     def start(self) -> None:
         self._start(self.build_argv(), env=self.env)
