@@ -119,6 +119,7 @@ class Assembly:
     frames: int
     problems: tuple[str, ...]
     composite: bool
+    remarks: tuple[str, ...] = ()  # worth recording, not a fault
 
 
 def assemble_videos(
@@ -134,11 +135,15 @@ def assemble_videos(
     log = capture_dir / "logs" / "finalize.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
+    remarks: list[str] = []
     video = segment_set(capture_dir, "video", ffprobe)
     audio: dict[int, SegmentSet] = {t.tile: segment_set(capture_dir, f"audio{t.tile}", ffprobe) for t in layout.tiles}
     for segments in [video, *audio.values()]:
         if segments.damaged:
             problems.append(f"{segments.name}: undecodable segments left out: {', '.join(segments.damaged)}")
+        if segments.too_short:
+            remarks.append(f"{segments.name}: left out of the videos as too short to assemble (kept as evidence): "
+                           f"{', '.join(segments.too_short)}")
     for tile, segments in audio.items():
         if not segments.segments:
             problems.append(f"tile {tile}: no audio was recorded; its track is silence")
@@ -147,8 +152,9 @@ def assemble_videos(
                         composite=False)
     origin = video.first_pts
     try:
-        composite = mux_composite(capture_dir, layout, video, audio, origin=origin, ffmpeg_path=ffmpeg_path,
-                                  ffprobe=ffprobe, log=log)
+        composite, mux_remarks = mux_composite(capture_dir, layout, video, audio, origin=origin,
+                                               ffmpeg_path=ffmpeg_path, ffprobe=ffprobe, log=log)
+        remarks.extend(mux_remarks)
     except EvidenceError as exc:
         return Assembly(recorded_seconds=0.0, frames=0, problems=(*problems, str(exc)), composite=False)
     _frames_path, frames, covered = write_frame_times(capture_dir, video, t0=t0, origin=origin)
@@ -157,7 +163,8 @@ def assemble_videos(
     except EvidenceError as exc:
         problems.append(str(exc))
     recorded = covered + 1.0 / layout.fps if frames else 0.0
-    return Assembly(recorded_seconds=recorded, frames=frames, problems=tuple(problems), composite=True)
+    return Assembly(recorded_seconds=recorded, frames=frames, problems=tuple(problems), composite=True,
+                    remarks=tuple(remarks))
 
 
 def overall_status(tiles: tuple[TileResult, ...], *, composite: bool, interrupted: bool) -> CaptureStatus:

@@ -22,6 +22,11 @@ from capture.recorders import SEGMENT_DIR
 from evidence import Layout, RecorderFailed
 
 _SEGMENT = re.compile(r"^(video|audio\d)_(\d{5})\.ts$")
+# ffmpeg's MPEG-TS probe wants ten 188-byte packets; below that it guesses ("detected only with low score")
+# and a guessed stream, first in a concat list, can leave the composite without codec parameters. Such a
+# segment (a recorder that started just past a segment boundary writes one packet, ~20 ms) stays evidence
+# but is left out of the videos.
+MIN_PROBE_BYTES = 10 * 188
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class SegmentSet:
     damaged: tuple[str, ...]
     first_pts: float | None
     times: tuple[tuple[float, ...], ...] = ()  # each playable segment's packet times, sorted, probed once
+    too_short: tuple[str, ...] = ()  # decodable, but too small for the concat demuxer to probe reliably
 
     @property
     def starts(self) -> tuple[float, ...]:
@@ -68,6 +74,7 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
     found = sorted(p for p in directory.glob(f"{name}_*.ts") if _SEGMENT.match(p.name))
     good: list[Path] = []
     damaged: list[str] = []
+    too_short: list[str] = []
     times: list[tuple[float, ...]] = []
     stream = "v:0" if name == "video" else "a:0"
     closed = set(closed_segment_names(capture_dir))
@@ -81,10 +88,13 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
         if not packets:
             damaged.append(path.name)
             continue
+        if path.stat().st_size < MIN_PROBE_BYTES:
+            too_short.append(path.name)
+            continue
         times.append(tuple(sorted(packets)))
         good.append(path)
     return SegmentSet(name=name, segments=tuple(good), damaged=tuple(damaged),
-                      first_pts=times[0][0] if times else None, times=tuple(times))
+                      first_pts=times[0][0] if times else None, times=tuple(times), too_short=tuple(too_short))
 
 
 def write_concat_list(segments: SegmentSet, path: Path) -> None:
@@ -113,7 +123,7 @@ def _run(argv: list[str], log: Path, what: str) -> None:
         with log.open("rb") as source:
             source.seek(started)
             said = [line.strip() for line in source.read().decode("utf-8", "replace").splitlines() if line.strip()]
-        reason = f": {' | '.join(said[-2:])}" if said else ""
+        reason = f": {' | '.join(said[-4:])}" if said else ""
         raise RecorderFailed(f"ffmpeg could not {what} (exit {code}){reason}; see {log}")
 
 
@@ -127,8 +137,12 @@ def mux_composite(
     ffmpeg_path: str,
     ffprobe: str,
     log: Path,
-) -> Path:
-    """composite.mp4: the screen video and one AAC track per tile, all shifted by `origin` together."""
+) -> tuple[Path, tuple[str, ...]]:
+    """composite.mp4: the screen video and one AAC track per tile, all shifted by `origin` together.
+
+    The audio is copied as recorded. Should ffmpeg refuse to copy it (it takes each track's parameters from
+    the first segment), the tracks are encoded again from the same segments and the returned remark says so.
+    """
     if not video.segments:
         raise RecorderFailed("the screen recorder left no playable segment; nothing to assemble")
     work = capture_dir / "work"
@@ -157,21 +171,33 @@ def mux_composite(
         # MP4 keeps a track's name in its handler box; players list tracks by it.
         metadata[f"metadata:s:a:{index}"] = f"handler_name=Tile {tile.tile}: {tile.url}"
     output_path = capture_dir / "composite.mp4"
-    out = ffmpeg.output(
-        *streams,
-        str(output_path),
-        vcodec="copy",
-        acodec="aac" if duration is not None else "copy",
-        movflags="+faststart",
-        # Tracks may start seconds apart (a late audio recorder); the muxer must hold packets meanwhile.
-        max_muxing_queue_size=65536,
-        **{"metadata:s:v:0": "handler_name=Wangzheng synchronized multi-screen composite"},
-        **metadata,
-    )
-    argv = out.compile(cmd=ffmpeg_path)
+
+    def mux(encode_audio: bool) -> None:
+        out = ffmpeg.output(
+            *streams,
+            str(output_path),
+            vcodec="copy",
+            acodec="aac" if encode_audio else "copy",
+            movflags="+faststart",
+            # Tracks may start seconds apart (a late audio recorder); the muxer must hold packets meanwhile.
+            max_muxing_queue_size=65536,
+            **{"metadata:s:v:0": "handler_name=Wangzheng synchronized multi-screen composite"},
+            **metadata,
+        )
+        argv = out.compile(cmd=ffmpeg_path)
+        _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log, "assemble the composite")
+
     # A silent track has to be encoded, and one -acodec covers every audio track.
-    _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log, "assemble the composite")
-    return output_path
+    encode = duration is not None
+    try:
+        mux(encode)
+    except RecorderFailed as refused:
+        if encode:
+            raise
+        mux(True)
+        return output_path, (f"audio tracks encoded again from the segments after ffmpeg refused to copy them "
+                             f"({refused})",)
+    return output_path, ()
 
 
 def video_duration(video: SegmentSet) -> float:

@@ -263,6 +263,7 @@ class CaptureJob:
                                            ffmpeg_path=settings.ffmpeg, ffprobe=settings.ffprobe)
             notes.append(f"{assembly.frames} frames over {assembly.recorded_seconds:.2f} s")
             notes.extend("!" + p for p in assembly.problems)
+            notes.extend(assembly.remarks)
         status = overall_status(tile_results, composite=assembly.composite, interrupted=self.interrupted)
         if fatal:
             status = CaptureStatus.FAILED if not assembly.composite else CaptureStatus.PARTIAL

@@ -134,7 +134,7 @@ def recover_capture(settings: Settings, capture_dir: Path) -> Manifest:
     else:
         assembly = Assembly(recorded_seconds=0.0, frames=0, problems=("recording never started",), composite=False)
     notes.append(f"{assembly.frames} frames over {assembly.recorded_seconds:.2f} s")
-    notes.extend(assembly.problems)
+    notes.extend((*assembly.problems, *assembly.remarks))
     steps.append(Step(name=StepName.RECOVER, outcome=StepOutcome.PARTIAL if assembly.composite else StepOutcome.FAILED,
                       started_at=started, ended_at=datetime.now(UTC), detail="; ".join(notes)))
     status = overall_status(tiles, composite=assembly.composite, interrupted=True)

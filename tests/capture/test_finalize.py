@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from capture.assemble import assemble_videos
-from capture.finalize import mux_composite, segment_set
+from capture.finalize import MIN_PROBE_BYTES, mux_composite, segment_set
 from capture.layout import build_layout
 from evidence import RecorderFailed
 
@@ -87,3 +87,36 @@ def test_ffmpeg_failure_says_why(tmp_path: Path) -> None:
     assert "No such file or directory" in message  # ffmpeg's own words, not only "see the log"
     assert str(log) in message
     assert "$ ffmpeg" in log.read_text(encoding="utf-8")
+
+
+def test_a_one_packet_segment_stays_evidence_but_out_of_the_videos(tmp_path: Path) -> None:
+    _video(tmp_path, start=10.0, seconds=12.0)
+    _audio(tmp_path, 1, start=15.5, seconds=6.0)  # just past the 15 s boundary: its first segment holds one packet
+    first = tmp_path / "segments" / "audio1_00000.ts"
+    assert first.stat().st_size < MIN_PROBE_BYTES
+    layout = build_layout(["https://a.example/1"])
+
+    assembly = assemble_videos(tmp_path, layout, t0=T0, usable_tiles=[1], ffmpeg_path="ffmpeg", ffprobe="ffprobe")
+
+    assert assembly.composite and assembly.problems == ()
+    assert any("audio1_00000.ts" in remark and "kept as evidence" in remark for remark in assembly.remarks)
+    assert first.exists()
+    assert _streams(tmp_path / "composite.mp4") == ["video", "audio"]
+
+
+def test_audio_that_cannot_be_copied_is_encoded_again_and_said_so(tmp_path: Path) -> None:
+    _video(tmp_path, start=10.0, seconds=8.0)
+    # SMPTE 302M audio travels in MPEG-TS but not in MP4: ffmpeg refuses to copy it, as it refuses a track
+    # whose parameters it could not read.
+    _segments(tmp_path, "audio1", f"sine=f=440:r=48000,atrim=duration=8,asetpts=PTS+({T0}+10)/TB",
+              ["-ac", "2", "-acodec", "s302m", "-strict", "-2"])
+    layout = build_layout(["https://a.example/1"])
+
+    assembly = assemble_videos(tmp_path, layout, t0=T0, usable_tiles=[1], ffmpeg_path="ffmpeg", ffprobe="ffprobe")
+
+    assert assembly.composite and assembly.problems == ()
+    [remark] = [r for r in assembly.remarks if "encoded again" in r]
+    assert "Could not find tag for codec s302m" in remark  # ffmpeg's reason, carried into the manifest's step
+    codecs = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
+                             str(tmp_path / "composite.mp4")], capture_output=True, text=True, check=True).stdout
+    assert codecs.split() == ["h264", "aac"]
