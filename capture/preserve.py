@@ -18,6 +18,7 @@ from typing import Any
 from capture.assemble import MANIFEST, load_manifest
 from capture.services import Services
 from evidence import (
+    ConfigurationError,
     DigestMismatch,
     Digests,
     EvidenceError,
@@ -271,7 +272,8 @@ class Preserver:
 
         try:
             store = self.services.store()
-        except StorageError as exc:
+        except (StorageError, ConfigurationError) as exc:
+            # A store that is down or set up wrong must not cost a finished capture its summary: files wait.
             pending = sum(max(1, len(b.items) - len(b.stored)) for b in self.services.spool.pending())
             message = f"object store unavailable, {pending} file(s) kept in the spool for `wz sync`: {exc}"
             self.report(message)

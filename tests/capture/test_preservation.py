@@ -365,3 +365,26 @@ def test_legal_hold_per_capture_and_per_case(preserved: tuple[dict[str, Any], Pa
     assert "verified" in [e["action"] for e in entries]  # the online verification went on the record too
     unknown = wz(["legal-hold", "on", "--case", "NO-SUCH-CASE"], env)
     assert unknown.returncode == 2 and "no capture of case" in unknown.stderr
+
+
+def test_embedded_store_port_taken_keeps_the_capture_and_sync_uploads_it(
+    demo_server: FixtureServer, s3_server: S3Endpoint, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in base_env(tmp_path / "data", s3_server).items() if not k.startswith("WZ_S3")}
+    with socket.socket() as squatter:  # another program holds the embedded store's port
+        squatter.bind(("127.0.0.1", 20433))
+        squatter.listen()
+        summary = capture(env | {"WZ_EMBEDDED_S3_PORT": "20433"}, [demo_server.base_url + PATH_PRODUCT],
+                          tmp_path / "c", duration="4")
+    record = summary["preservation"]
+    assert summary["status"] == "complete" and record["stored_objects"] == 0
+    [problem] = [p for p in record["problems"] if "kept in the spool" in p]
+    assert "20433" in problem and "WZ_EMBEDDED_S3_PORT" in problem
+    moved = env | {"WZ_EMBEDDED_S3_PORT": "20533"}
+    try:
+        synced = wz(["sync"], moved)
+        assert synced.returncode == 0, synced.stderr
+        assert not any((tmp_path / "data" / "spool").glob("*.json"))
+        assert wz(["verify", summary["capture_id"]], moved).returncode == 0
+    finally:
+        wz(["services", "stop"], moved)
