@@ -23,6 +23,7 @@ from capture.fixtures import (
     PATH_PRODUCT,
     ROOM_TONES,
     FixtureServer,
+    flv_path,
     live_path,
 )
 from evidence import ArtifactRole, CaptureStatus, Manifest, StepName, TileStatus
@@ -186,6 +187,30 @@ def test_manifest_lists_every_file_with_its_digests(four_rooms: tuple[Manifest, 
     assert provenance.clock.available or (provenance.clock.error or "").startswith("unavailable")
     assert provenance.user_agent and "HeadlessChrome" not in provenance.user_agent
     assert "--mute-audio" not in provenance.launch_flags
+
+
+def test_http_flv_room_is_recorded_and_its_stream_copied(demo_server: FixtureServer, tmp_path: Path,
+                                                         wz_env: dict[str, str]) -> None:
+    out = tmp_path / "c"
+    urls = [demo_server.url(flv_path(1)), demo_server.url(live_path(2))]
+
+    result = wz(["capture", *urls, "--duration", "10", "--out", str(out), "--json"], wz_env)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = load_manifest(out)
+    flv_tile = manifest.tiles[0]
+    assert flv_tile.status == TileStatus.COMPLETE
+    assert [u for u in flv_tile.media_urls if u.endswith("/stream.flv")]
+    [stream] = manifest.artifacts_for(ArtifactRole.STREAM, tile=1)
+    info = ffprobe(out / stream.path)
+    assert {s["codec_name"] for s in info["streams"]} >= {"h264", "aac"}
+    assert float(info["format"]["duration"]) > 4
+    copied = json.loads((out / stream.path).with_suffix(".json").read_text(encoding="utf-8"))
+    assert copied["url"].endswith("/flv/1/stream.flv") and copied["referer"] == urls[0]
+    frequency, level = audio_tone(out / "composite.mp4", 0, skip_seconds=4)  # mpegts.js played it, with sound
+    assert abs(frequency - ROOM_TONES[1]) < 5 and level > 0.01, (frequency, level)
+    codes = tile_timecodes(out / "composite.mp4", manifest.layout)
+    assert sync_report(codes, manifest.layout.fps, skip_seconds=5).advancing[1]
 
 
 def test_failed_tiles_are_recorded_and_the_others_go_on(demo_server: FixtureServer, tmp_path: Path,

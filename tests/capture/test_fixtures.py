@@ -29,6 +29,7 @@ from capture.fixtures import (
     ROOM_TONES,
     FixtureServer,
     ensure_media,
+    flv_path,
     live_path,
     live_playlist,
     live_playlist_path,
@@ -174,12 +175,15 @@ def test_page_status(server: FixtureServer, key: str) -> None:
     assert headers["Content-Type"].startswith("text/html")
     text = body.decode("utf-8")
     assert "</html>" in text
-    if key.startswith("live"):
-        room = int(key[4:])
+    if key.startswith(("live", "flv")):
+        room = int(key[-1])
         assert f"直播间 {room}" in text
-        assert f'src="{live_playlist_path(room)}"' in text
+        if key.startswith("live"):
+            assert f'data-transport="hls" data-src="{live_playlist_path(room)}"' in text
+        else:
+            assert f'data-transport="flv" data-src="{flv_path(room)}/stream.flv"' in text
         assert "muted" not in re.findall(r"<video[^>]*>", text)[0]
-    if key in ("product",) or key.startswith("live") or key == "fail_hang_renderer":
+    if key in ("product",) or key.startswith(("live", "flv")) or key == "fail_hang_renderer":
         assert "/static/timecode.js" in text
 
 
@@ -291,6 +295,22 @@ def test_ffmpeg_reads_live_playlist(server: FixtureServer, tmp_path: pathlib.Pat
     assert 7.0 <= float(duration) <= 9.5
     kinds = sorted(str(s["codec_type"]) for s in _ffprobe_streams(out))
     assert kinds == ["audio", "video"]
+
+
+def test_http_flv_room_streams_live_and_its_player_is_installed(server: FixtureServer,
+                                                                tmp_path: pathlib.Path) -> None:
+    status, headers, body = _get(server.url("/vendor/mpegts.js"))
+    assert status == 200, body[:200]  # ./scripts/setup fetched it from npm
+    assert headers["Content-Type"].startswith("text/javascript") and b"mpegts" in body
+    out = tmp_path / "live.flv"
+    started = time.monotonic()
+    subprocess.run(
+        [_tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", server.url(flv_path(3) + "/stream.flv"),
+         "-t", "4", "-c", "copy", str(out)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    assert time.monotonic() - started > 3  # paced like a live room, not a file download
+    assert sorted(str(s["codec_name"]) for s in _ffprobe_streams(out)) == ["aac", "h264"]
 
 
 def test_hang_load_never_finishes_and_stop_does_not_wait(server: FixtureServer) -> None:
