@@ -146,17 +146,20 @@ def assemble_videos(
                            f"{', '.join(segments.too_short)}")
     for tile, segments in audio.items():
         if not segments.segments:
-            problems.append(f"tile {tile}: no audio was recorded; its track is silence")
+            what = ("its audio segments were all too short to assemble (kept as evidence)" if segments.too_short
+                    else "no audio was recorded")
+            problems.append(f"tile {tile}: {what}; its track is silence")
     if video.first_pts is None:
         return Assembly(recorded_seconds=0.0, frames=0, problems=(*problems, "no video was recorded"),
-                        composite=False)
+                        composite=False, remarks=tuple(remarks))
     origin = video.first_pts
     try:
         composite, mux_remarks = mux_composite(capture_dir, layout, video, audio, origin=origin,
                                                ffmpeg_path=ffmpeg_path, ffprobe=ffprobe, log=log)
         remarks.extend(mux_remarks)
     except EvidenceError as exc:
-        return Assembly(recorded_seconds=0.0, frames=0, problems=(*problems, str(exc)), composite=False)
+        return Assembly(recorded_seconds=0.0, frames=0, problems=(*problems, str(exc)), composite=False,
+                        remarks=tuple(remarks))
     _frames_path, frames, covered = write_frame_times(capture_dir, video, t0=t0, origin=origin)
     try:
         cut_tiles(capture_dir, layout, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path, log=log)

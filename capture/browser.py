@@ -187,10 +187,13 @@ class TileBrowser:
         page = context.pages[0] if context.pages else await context.new_page()
         self.page = page
         self._attach(page)
-        # Network.getCertificate answers only on a session whose Network domain was on when the page loaded
-        # (an empty list otherwise, seen with Chromium 156); zero buffers: it keeps no response bodies.
-        self._network = await context.new_cdp_session(page)
-        await self._network.send("Network.enable", {"maxTotalBufferSize": 0, "maxResourceBufferSize": 0})
+        # Network.getCertificate answers only on a session whose Network domain is on and was on when the page
+        # loaded (an empty list otherwise, seen with Chromium 156); zero buffers: it keeps no response bodies.
+        # It is closed once the chain is read (certificates()), so its events do not flow all capture long.
+        with contextlib.suppress(Error):
+            session = await context.new_cdp_session(page)
+            await session.send("Network.enable", {"maxTotalBufferSize": 0, "maxResourceBufferSize": 0})
+            self._network = session
         self.event("browser-started", pid=self.process.pid, version=self.browser.version)
 
     def _attach(self, page: Page) -> None:
@@ -338,6 +341,19 @@ class TileBrowser:
 
     async def certificates(self) -> str | None:
         """The TLS chain (PEM) for an https tile: from the browser if it tells, else a fresh handshake."""
+        try:
+            return await self._certificates()
+        finally:
+            await self.close_network()
+
+    async def close_network(self) -> None:
+        """Detach the CDP session kept for the certificate chain."""
+        network, self._network = self._network, None
+        if network is not None:
+            with contextlib.suppress(Error, TimeoutError):
+                await asyncio.wait_for(network.detach(), 5)
+
+    async def _certificates(self) -> str | None:
         target = self.final_url or self.url
         parts = urlsplit(target)
         if parts.scheme != "https" or not parts.hostname:

@@ -195,7 +195,8 @@ def mux_composite(
         if encode:
             raise
         mux(True)
-        return output_path, (f"audio tracks encoded again from the segments after ffmpeg refused to copy them "
+        # Only the audio changed between the two attempts, so it was what ffmpeg could not copy.
+        return output_path, (f"audio tracks encoded again from the segments after copying them failed "
                              f"({refused})",)
     return output_path, ()
 

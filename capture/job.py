@@ -329,7 +329,7 @@ class CaptureJob:
                     tile.event("problem", message=problem)
             if tile.status == TileStatus.RECORDING:
                 with contextlib.suppress(Exception):
-                    await tile.certificates()
+                    await tile.certificates()  # also closes the CDP session kept for the chain
             tile.write_page_info()
 
         results = await asyncio.gather(*(run(tile.tile) for tile in self.layout.tiles), return_exceptions=True)

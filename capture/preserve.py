@@ -274,6 +274,9 @@ class Preserver:
             store = self.services.store()
         except (StorageError, ConfigurationError) as exc:
             # A store that is down or set up wrong must not cost a finished capture its summary: files wait.
+            # `wz sync` itself, asked only to upload, reports a setting that is wrong as the error it is.
+            if isinstance(exc, ConfigurationError) and only is None:
+                raise
             pending = sum(max(1, len(b.items) - len(b.stored)) for b in self.services.spool.pending())
             message = f"object store unavailable, {pending} file(s) kept in the spool for `wz sync`: {exc}"
             self.report(message)

@@ -212,7 +212,7 @@ class AudioRecorder(_FfmpegRecorder):
         for tile, sink in sorted(self.sinks.items()):
             stream = ffmpeg.input(f"{sink}.monitor", f="pulse", sample_rate=48000, channels=2, thread_queue_size=1024)
             outputs.append(ffmpeg.output(
-                stream,
+                stream["a"],  # an explicit -map N:a: without it ffmpeg would pick the first output's track itself
                 str(segments / f"audio{tile}_%05d.ts"),
                 acodec="aac",
                 audio_bitrate="128k",

@@ -19,10 +19,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from evidence import ComponentMissing, ConfigurationError
 
 NSSDB = Path(".pki") / "nssdb"
+_NO_CERTUTIL = "certutil (Debian package libnss3-tools) is needed for WZ_CAPTURE_CA_FILE; run ./scripts/setup"
 
 
-def load_extra_roots(bundle: Path) -> tuple[x509.Certificate, ...]:
-    """The CA certificates in a PEM bundle; a clear error if it cannot be read or holds none."""
+def load_extra_roots(bundle: Path, certutil: str = "certutil") -> tuple[x509.Certificate, ...]:
+    """The CA certificates in a PEM bundle; a clear error if it cannot be read, holds none, or certutil (which
+    installs them) is missing: all found before anything starts."""
+    if shutil.which(certutil) is None:
+        raise ComponentMissing(_NO_CERTUTIL)
     try:
         data = bundle.read_bytes()
     except OSError as exc:
@@ -55,8 +59,7 @@ def install_browser_roots(home: Path, roots: tuple[x509.Certificate, ...], certu
         return
     program = shutil.which(certutil)
     if program is None:
-        raise ComponentMissing("certutil (Debian package libnss3-tools) is needed for WZ_CAPTURE_CA_FILE; "
-                               "run ./scripts/setup")
+        raise ComponentMissing(_NO_CERTUTIL)
     database = home / NSSDB
     database.mkdir(parents=True, exist_ok=True)
     _certutil(program, "-N", "--empty-password", "-d", f"sql:{database}")

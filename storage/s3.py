@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import math
 import os
@@ -107,11 +108,12 @@ def _compare(label: str, expected: Digests, actual: Digests) -> None:
 class _UnsignedBodyMinio(Minio):
     """Minio that signs every request's headers but not large bodies (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
 
-    Over plain HTTP minio hashes each upload part with SHA-256 to sign it, and the server hashes it again to
-    check: two more passes over every byte, on CPU the store itself needs (on two cores the upload ran at
-    0.82 x a curl PUT). The guarantee they gave is already stronger here: the bytes are SHA-256 checked as
-    they leave the file (`_VerifyingReader`), and every version is read back and both digests re-checked.
-    Over HTTPS minio sends UNSIGNED-PAYLOAD by itself. Small bodies (bucket and retention XML) stay signed.
+    Used only for a store on loopback (the embedded SeaweedFS): there is no wire to corrupt a part, and over
+    plain HTTP minio hashes each part with SHA-256 to sign it and the server hashes it again to check, two
+    more passes over every byte on CPU the store itself needs (on two cores the upload ran at 0.82 x a curl
+    PUT). The bytes are still SHA-256 checked as they leave the file (`_VerifyingReader`), and every version is
+    read back and both digests re-checked. Over a network the payload stays signed, so the server refuses a
+    part damaged on the way instead of locking it away. Small bodies (bucket and retention XML) stay signed.
     """
 
     def _build_headers(
@@ -124,6 +126,16 @@ class _UnsignedBodyMinio(Minio):
         built["Content-Length"] = str(len(body))
         built["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
         return built, date
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = urllib3.util.parse_url(f"//{endpoint}").host or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class _VerifyingReader:
@@ -183,7 +195,9 @@ class S3ObjectStore(ObjectStore):
         allow_without_object_lock: bool = False,
         connect_timeout: float = 3.0,
         read_timeout: float = 60.0,
+        sign_bodies: bool | None = None,
     ) -> None:
+        """`sign_bodies`: sign upload parts' SHA-256 (SigV4); None signs them unless the endpoint is loopback."""
         if retention_days < 1:
             raise ConfigurationError(f"retention must be at least one day, not {retention_days}")
         if not access_key or not secret_key:
@@ -206,7 +220,11 @@ class S3ObjectStore(ObjectStore):
             ),
         )
         try:
-            self._client: Any = _UnsignedBodyMinio(
+            if sign_bodies is None:
+                sign_bodies = not _is_loopback(endpoint)
+            self.sign_bodies = sign_bodies
+            client_class = Minio if sign_bodies else _UnsignedBodyMinio
+            self._client: Any = client_class(
                 endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
                 http_client=self._http,
             )
