@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -738,6 +739,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_failure_logs(run_dir: Path, into: Path) -> Path:
+    """Copy a failed run's logs, manifest and wz stderr out of the scratch directory before it is removed."""
+    target = into / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{run_dir.name}"
+    target.mkdir(parents=True, exist_ok=True)
+    for source in (run_dir / "capture" / "logs", run_dir / "capture" / "work"):
+        if source.is_dir():
+            shutil.copytree(source, target / source.name, dirs_exist_ok=True)
+    for source in (run_dir / "wz-stderr.log", run_dir / "capture" / "manifest.json",
+                   *sorted((run_dir / "capture" / "segments").glob("*.csv"))):
+        if source.is_file():
+            shutil.copy2(source, target / source.name)
+    return target
+
+
 @contextlib.contextmanager
 def work_directory(keep: Path | None) -> Iterator[Path]:
     if keep is not None:
@@ -771,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             if run.failure:
                 print(f"bench: {tiles} tile(s) failed: {run.failure}", file=sys.stderr, flush=True)
+                if args.keep is None:
+                    kept = keep_failure_logs(workdir / f"tiles-{tiles}", args.cache / "failed")
+                    print(f"bench: its logs are kept in {kept}", file=sys.stderr, flush=True)
         if args.keep is not None:
             print(f"bench: captures kept in {workdir}", file=sys.stderr)
     print(render(runs, args.duration, args.skip))
