@@ -79,16 +79,17 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
     stream = "v:0" if name == "video" else "a:0"
     closed = set(closed_segment_names(capture_dir))
     for path in found:
-        if path.stat().st_size == 0 and path.name not in closed:
+        size = path.stat().st_size
+        if size == 0 and path.name not in closed:
             # The file ffmpeg had just opened when the capture died: no bytes, no evidence, unplayable.
             path.unlink()
             continue
         # Empty or undecodable segments stay on disk (they may be in the hash chain) but out of the videos.
-        packets = _probe_packets(ffprobe, path, stream) if path.stat().st_size else []
+        packets = _probe_packets(ffprobe, path, stream) if size else []
         if not packets:
             damaged.append(path.name)
             continue
-        if path.stat().st_size < MIN_PROBE_BYTES:
+        if size < MIN_PROBE_BYTES:
             too_short.append(path.name)
             continue
         times.append(tuple(sorted(packets)))

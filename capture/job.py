@@ -191,7 +191,7 @@ class CaptureJob:
                                  log=self.capture_dir / "logs" / "xvfb.log")
         audio = AudioServer(pulseaudio=settings.pulseaudio, log=self.capture_dir / "logs" / "pulseaudio.log")
         screen: ScreenRecorder | None = None
-        audio_recorders: list[AudioRecorder] = []
+        audio_recorder: AudioRecorder | None = None
         status_reason = ""
         t0: float | None = None
         fatal = ""
@@ -212,13 +212,12 @@ class CaptureJob:
                         ffmpeg_path=settings.ffmpeg, log=self.capture_dir / "logs" / "screen.log",
                     )
                     screen.start()
-                    recorder = AudioRecorder(
+                    audio_recorder = AudioRecorder(
                         sinks=audio.sinks, capture_dir=self.capture_dir, t0=t0,
                         segment_seconds=settings.segment_seconds, ffmpeg_path=settings.ffmpeg,
                         env=audio.env(), log=self.capture_dir / "logs" / "audio.log",
                     )
-                    recorder.start()
-                    audio_recorders.append(recorder)
+                    audio_recorder.start()
                     self.recording_started = time.monotonic()
                     self.journal.update(recording_started_at=_now().isoformat())
                     notes.append(f"display {display.name} {self.layout.width}x{self.layout.height}; "
@@ -230,9 +229,9 @@ class CaptureJob:
                 chain_task = asyncio.create_task(self._chain_loop())
                 with self.step(StepName.RECORD) as notes:
                     try:
-                        await self._record_loop(screen, audio_recorders)
+                        await self._record_loop(screen, audio_recorder)
                     finally:
-                        await self._end_recording(tiles_task, chain_task, [screen, *audio_recorders])
+                        await self._end_recording(tiles_task, chain_task, [screen, audio_recorder])
                     notes.append(self._record_summary())
                     notes.append(f"{len(self.chain.entries)} segments chained")
                     notes.extend("!" + problem for problem in self.chain.problems)
@@ -244,7 +243,7 @@ class CaptureJob:
         except (EvidenceError, PlaywrightError, OSError, ValueError, subprocess.SubprocessError) as exc:
             # The step that failed is already recorded; finish with what exists, recorders stopped.
             fatal = str(exc) or type(exc).__name__
-            running: list[Recorder | None] = [screen, *audio_recorders]
+            running: list[Recorder | None] = [screen, audio_recorder]
             await asyncio.gather(*(asyncio.to_thread(r.stop) for r in running if r is not None))
             await asyncio.to_thread(self.chain.poll, final=True)
         finally:
@@ -383,7 +382,7 @@ class CaptureJob:
 
     # -- recording -------------------------------------------------------------------------------
 
-    async def _record_loop(self, screen: ScreenRecorder, audio_recorders: list[AudioRecorder]) -> None:
+    async def _record_loop(self, screen: ScreenRecorder, audio_recorder: AudioRecorder) -> None:
         assert self.recording_started is not None
         duration = self.request.duration_seconds
         limit = min(duration, self.settings.max_duration_seconds) if duration else self.settings.max_duration_seconds
@@ -397,9 +396,8 @@ class CaptureJob:
                 break
             if not screen.alive():
                 raise CaptureError(f"the screen recorder stopped unexpectedly; see {self.capture_dir}/logs/screen.log")
-            for recorder in audio_recorders:
-                if not recorder.alive() and recorder.process is not None:
-                    self.emit(EventKind.PROGRESS, f"the audio recorder stopped; see {self.capture_dir}/logs/audio.log")
+            if not audio_recorder.alive() and audio_recorder.process is not None:
+                self.emit(EventKind.PROGRESS, f"the audio recorder stopped; see {self.capture_dir}/logs/audio.log")
             if time.monotonic() - last_health >= HEALTH_INTERVAL:
                 last_health = time.monotonic()
                 await self._check_health()
