@@ -24,10 +24,8 @@ from evidence import (
     TileResult,
     TileStatus,
 )
+from evidence.layout import COMPOSITE, FRAME_TIMES
 from hashing import digest_file
-from hashing.canonical import canonical_json
-
-MANIFEST = "manifest.json"
 
 _MEDIA_TYPES = {
     ".mp4": "video/mp4",
@@ -61,9 +59,9 @@ _TILE_FILES: list[tuple[str, ArtifactRole, str]] = [
 
 def classify(relative: str) -> tuple[ArtifactRole, int | None, str] | None:
     """Role, tile and description of a file in a capture directory; None for files that are not evidence."""
-    if relative == "composite.mp4":
+    if relative == COMPOSITE:
         return ArtifactRole.COMPOSITE, None, "synchronized multi-screen composite, one audio track per tile"
-    if relative == "frames.csv":
+    if relative == FRAME_TIMES:
         return ArtifactRole.FRAME_TIMES, None, "wall-clock time of every composite frame"
     if match := re.fullmatch(r"segments/video_\d{5}\.ts", relative):
         return ArtifactRole.SEGMENT, None, "screen recording segment as written during the capture"
@@ -142,7 +140,8 @@ def assemble_videos(
         if segments.damaged:
             problems.append(f"{segments.name}: undecodable segments left out: {', '.join(segments.damaged)}")
         if segments.too_short:
-            remarks.append(f"{segments.name}: left out of the videos as too short to assemble (kept as evidence): "
+            remarks.append(f"{segments.name}: left out of the videos as too short for ffmpeg to read as MPEG-TS "
+                           f"(kept as evidence): "
                            f"{', '.join(segments.too_short)}")
     for tile, segments in audio.items():
         if not segments.segments:
@@ -177,23 +176,6 @@ def overall_status(tiles: tuple[TileResult, ...], *, composite: bool, interrupte
     if interrupted or len(recorded) < len(tiles) or any(t.status == TileStatus.PARTIAL for t in tiles):
         return CaptureStatus.PARTIAL
     return CaptureStatus.COMPLETE
-
-
-def manifest_bytes(manifest: Manifest) -> bytes:
-    """The canonical bytes of a manifest: exactly what is hashed, signed and timestamped."""
-    return canonical_json(manifest.model_dump(mode="json", by_alias=True))
-
-
-def write_manifest(capture_dir: Path, manifest: Manifest) -> Path:
-    path = capture_dir / MANIFEST
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(manifest_bytes(manifest))
-    temp.replace(path)
-    return path
-
-
-def load_manifest(capture_dir: Path) -> Manifest:
-    return Manifest.model_validate_json((capture_dir / MANIFEST).read_text(encoding="utf-8"))
 
 
 def build_manifest(

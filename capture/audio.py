@@ -65,6 +65,11 @@ class AudioServer:
         self.sinks[tile] = name
         return name
 
+    def recording_streams(self) -> int:
+        """How many recording streams (an ffmpeg input each) are connected to the sinks' monitors."""
+        result = self._run("pactl", "list", "short", "source-outputs")
+        return len([line for line in result.stdout.splitlines() if line.strip()]) if result.returncode == 0 else 0
+
     def version(self) -> str:
         result = self._run(self._pulseaudio, "--version")
         return result.stdout.strip() or "unknown"

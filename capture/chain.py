@@ -8,28 +8,21 @@ segment n. Both are evidence files of the capture.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from capture.finalize import closed_segment_names
-from capture.recorders import SEGMENT_DIR
-from evidence import DigestMismatch, EvidenceError, TimestampRecord, TimestampStatus
+from evidence import EvidenceError, TimestampRecord, TimestampStatus
+from evidence.layout import CHAIN_FILE, SEGMENT_DIR
 from hashing import digest_file
-
-CHAIN_FILE = "chain.jsonl"
-GENESIS = "0" * 64
+from hashing.chain import GENESIS, chain_step, read_chain
 
 Stamp = Callable[[bytes, Path, str], list[TimestampRecord]]
-
-
-def chain_step(previous_hex: str, segment_sha256_hex: str) -> str:
-    return hashlib.sha256(bytes.fromhex(previous_hex) + bytes.fromhex(segment_sha256_hex)).hexdigest()
 
 
 @dataclass
@@ -45,7 +38,8 @@ class SegmentChain:
         # The recording loop's poll and the final poll run on different threads: one at a time.
         self._lock = threading.Lock()
         self.entries = read_chain(self.capture_dir, repair=True) if self.path.exists() else []
-        self._known = {e["file"] for e in self.entries}
+        # Entries name "segments/<file>", the segment lists "<file>": compare by file name.
+        self._known = {PurePosixPath(str(e["file"])).name for e in self.entries}
         self._last_stamp = time.monotonic()
         self._stamped_at = len(self.entries)
         self.problems: list[str] = []
@@ -102,45 +96,3 @@ class SegmentChain:
             if record.status == TimestampStatus.PENDING:
                 self.problems.append(f"timestamp of the segment chain at {n} pending from {record.tsa_url}: "
                                      f"{record.error}")
-
-
-def read_chain(capture_dir: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """The chain's entries. A torn last line (power loss mid-write) ends the chain; with `repair` it is cut
-    off the file, so that entries appended later follow the last complete one."""
-    path = capture_dir / CHAIN_FILE
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    entries = []
-    good_length = 0
-    for line in data.splitlines(keepends=True):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("unterminated line")
-            entries.append(json.loads(line))
-        except ValueError:
-            break
-        good_length += len(line)
-    if repair and good_length < len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(good_length)
-    return entries
-
-
-def verify_chain(entries: list[dict[str, Any]], read_sha256: Callable[[str], str | None]) -> list[str]:
-    """Recompute the chain; `read_sha256(file)` gives a segment's actual SHA-256 (None if absent).
-
-    Returns the problems found (empty when the chain holds); the caller raises or reports them.
-    """
-    problems = []
-    head = GENESIS
-    for entry in entries:
-        head = chain_step(head, str(entry["sha256"]))
-        if head != entry["chain"]:
-            problems.append(f"segment chain entry {entry['n']} ({entry['file']}): chain value does not recompute")
-        actual = read_sha256(str(entry["file"]))
-        if actual is None:
-            problems.append(f"segment chain entry {entry['n']}: {entry['file']} is missing")
-        elif actual != entry["sha256"]:
-            problems.append(str(DigestMismatch(f"{entry['file']}: SHA-256 differs from the segment chain")))
-    return problems

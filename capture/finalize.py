@@ -9,6 +9,7 @@ never a shift.
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 from collections.abc import Sequence
@@ -18,14 +19,16 @@ from pathlib import Path
 
 import ffmpeg
 
-from capture.recorders import SEGMENT_DIR
 from evidence import Layout, RecorderFailed
+from evidence.layout import SEGMENT_DIR
 
 _SEGMENT = re.compile(r"^(video|audio\d)_(\d{5})\.ts$")
 # ffmpeg's MPEG-TS probe wants ten 188-byte packets; below that it guesses ("detected only with low score")
 # and a guessed stream, first in a concat list, can leave the composite without codec parameters. Such a
 # segment (a recorder that started just past a segment boundary writes one packet, ~20 ms) stays evidence
-# but is left out of the videos.
+# but is left out of the videos. Ten packets are not always enough either (a 1,880-byte AAC segment was taken
+# for MPEG-PS with MP2 audio): a segment is used only when ffmpeg's own probe, the one the concat demuxer
+# runs, reads it as MPEG-TS.
 MIN_PROBE_BYTES = 10 * 188
 
 
@@ -45,18 +48,29 @@ class SegmentSet:
         return tuple(segment[0] for segment in self.times)
 
 
-def _probe_packets(ffprobe: str, path: Path, stream: str) -> list[float]:
+@dataclass(frozen=True)
+class _Probe:
+    format_name: str
+    times: list[float]
+
+
+def _probe_packets(ffprobe: str, path: Path, stream: str) -> _Probe:
+    """What ffmpeg's probe makes of a segment: its container and the stream's packet times."""
     result = subprocess.run(
-        [ffprobe, "-v", "error", "-select_streams", stream, "-show_entries", "packet=pts_time",
-         "-of", "csv=p=0", str(path)],
+        [ffprobe, "-v", "error", "-select_streams", stream, "-show_entries",
+         "format=format_name:packet=pts_time", "-of", "json", str(path)],
         capture_output=True, text=True, timeout=300, check=False,
     )
+    try:
+        info = json.loads(result.stdout or "{}")
+    except ValueError:
+        info = {}
     times = []
-    for line in result.stdout.split():
-        value = line.strip().rstrip(",")
-        if value and value != "N/A":
+    for packet in info.get("packets", []):
+        value = packet.get("pts_time")
+        if value not in (None, "N/A"):
             times.append(float(value))
-    return times
+    return _Probe(format_name=str(info.get("format", {}).get("format_name", "")), times=times)
 
 
 def closed_segment_names(capture_dir: Path) -> list[str]:
@@ -85,14 +99,14 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
             path.unlink()
             continue
         # Empty or undecodable segments stay on disk (they may be in the hash chain) but out of the videos.
-        packets = _probe_packets(ffprobe, path, stream) if size else []
-        if not packets:
+        probe = _probe_packets(ffprobe, path, stream) if size else None
+        if probe is None or not probe.times:
             damaged.append(path.name)
             continue
-        if size < MIN_PROBE_BYTES:
+        if size < MIN_PROBE_BYTES or probe.format_name != "mpegts":
             too_short.append(path.name)
             continue
-        times.append(tuple(sorted(packets)))
+        times.append(tuple(sorted(probe.times)))
         good.append(path)
     return SegmentSet(name=name, segments=tuple(good), damaged=tuple(damaged),
                       first_pts=times[0][0] if times else None, times=tuple(times), too_short=tuple(too_short))

@@ -22,7 +22,7 @@ from typing import Any
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Playwright, async_playwright
 
-from capture.assemble import Assembly, assemble_videos, build_manifest, overall_status, write_manifest
+from capture.assemble import Assembly, assemble_videos, build_manifest, overall_status
 from capture.audio import AudioServer
 from capture.browser import TileBrowser, TileFailure, chromium_flags
 from capture.chain import SegmentChain, Stamp
@@ -31,7 +31,6 @@ from capture.environment import check_components, collect_provenance, resolve_ch
 from capture.journal import Journal
 from capture.layout import build_layout
 from capture.recorders import AudioRecorder, Recorder, ScreenRecorder, StreamCopier
-from capture.registry import register
 from capture.trust import describe, install_browser_roots, load_extra_roots
 from evidence import (
     CaptureError,
@@ -43,6 +42,7 @@ from evidence import (
     Layout,
     Manifest,
     Provenance,
+    RecorderFailed,
     Settings,
     Step,
     StepName,
@@ -50,10 +50,13 @@ from evidence import (
     TileResult,
     TileStatus,
 )
+from evidence.layout import write_manifest
 
 EventSink = Callable[[CaptureEvent], None]
 MAX_STREAMS_PER_TILE = 3
 HEALTH_INTERVAL = 3.0
+EPOCH_LEAD_SECONDS = 0.25
+AUDIO_CONNECT_TIMEOUT = 10.0
 
 
 def new_capture_id(moment: datetime | None = None) -> str:
@@ -75,9 +78,11 @@ class CaptureJob:
         on_event: EventSink | None = None,
         *,
         stamp: Stamp | None = None,
+        on_created: Callable[[str, Path], None] | None = None,
     ) -> None:
         self.request = request
         self._stamp = stamp
+        self._on_created = on_created
         self.settings = settings
         self._on_event = on_event
         self.started_at = _now()
@@ -153,7 +158,9 @@ class CaptureJob:
                 phase="init",
             )
             self.journal.open()
-            register(self.settings.registry_dir, self.capture_id, self.capture_dir)
+            if self._on_created is not None:
+                # Whoever composes the capture (the CLI, a worker) registers it; recording knows no registry.
+                self._on_created(self.capture_id, self.capture_dir)
         manifest = await self._run()
         # Only a finished capture leaves the active list; anything else is recovered by the next command.
         self.journal.close()
@@ -204,24 +211,30 @@ class CaptureJob:
                     install_browser_roots(Path(audio.env()["HOME"]), extra_roots)
                     for tile in self.layout.tiles:
                         audio.add_sink(tile.tile)
-                    t0 = float(int(time.time()) - 2)
+                    # The shared epoch sits just before the recorders start, so the first segment boundary
+                    # (t0 + segment length) comes after every recorder's first packet and no track begins with
+                    # a fragment too short to assemble. The audio recorder goes first: opening one PulseAudio
+                    # input per tile took 1-4 s on a loaded 2-core machine, the screen grab well under one.
+                    t0 = round(time.time() - EPOCH_LEAD_SECONDS, 3)
                     self.journal.update(t0=t0, phase="recording")
-                    screen = ScreenRecorder(
-                        display=display.name, layout=self.layout, capture_dir=self.capture_dir, t0=t0,
-                        capture_id=self.capture_id, segment_seconds=settings.segment_seconds,
-                        ffmpeg_path=settings.ffmpeg, log=self.capture_dir / "logs" / "screen.log",
-                    )
-                    screen.start()
                     audio_recorder = AudioRecorder(
                         sinks=audio.sinks, capture_dir=self.capture_dir, t0=t0,
                         segment_seconds=settings.segment_seconds, ffmpeg_path=settings.ffmpeg,
                         env=audio.env(), log=self.capture_dir / "logs" / "audio.log",
                     )
                     audio_recorder.start()
+                    screen = ScreenRecorder(
+                        display=display.name, layout=self.layout, capture_dir=self.capture_dir, t0=t0,
+                        capture_id=self.capture_id, segment_seconds=settings.segment_seconds,
+                        ffmpeg_path=settings.ffmpeg, log=self.capture_dir / "logs" / "screen.log",
+                    )
+                    screen.start()
                     self.recording_started = time.monotonic()
                     self.journal.update(recording_started_at=_now().isoformat())
+                    connected = await self._await_audio_inputs(audio, audio_recorder)
                     notes.append(f"display {display.name} {self.layout.width}x{self.layout.height}; "
-                                 f"{len(audio.sinks)} audio sink(s); t0={t0:.0f}")
+                                 f"{len(audio.sinks)} audio sink(s); t0={t0:.3f}")
+                    notes.append(connected)
                 # Tiles start and load while the recording runs: the composite shows them loading,
                 # and a slow or broken page cannot delay the others.
                 load_step_started = _now()
@@ -381,6 +394,22 @@ class CaptureJob:
         task.add_done_callback(done)
 
     # -- recording -------------------------------------------------------------------------------
+
+    async def _await_audio_inputs(self, audio: AudioServer, recorder: AudioRecorder) -> str:
+        """Wait until the audio recorder reads every tile's sink before the browsers start.
+
+        The recorder opens one PulseAudio input after another, and each track begins when its input opens. With
+        four browsers starting at once on two cores the fourth opened 5.3 s after the first; with the browsers
+        held back until every input is open, each track begins well inside the first segment."""
+        started = time.monotonic()
+        while time.monotonic() - started < AUDIO_CONNECT_TIMEOUT:
+            if await asyncio.to_thread(audio.recording_streams) >= len(audio.sinks):
+                return f"audio inputs open after {time.monotonic() - started:.2f} s"
+            if not recorder.alive():
+                raise RecorderFailed(f"the audio recorder stopped while opening its inputs; see "
+                                     f"{self.capture_dir}/logs/audio.log")
+            await asyncio.sleep(0.05)
+        return f"!audio inputs still opening after {AUDIO_CONNECT_TIMEOUT:.0f} s; the browsers started anyway"
 
     async def _record_loop(self, screen: ScreenRecorder, audio_recorder: AudioRecorder) -> None:
         assert self.recording_started is not None

@@ -8,20 +8,11 @@ points at every capture in progress, wherever its files are.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-JOURNAL = "capture.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    with temp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temp.replace(path)
+from evidence.files import remove_durably, write_text_atomic
+from evidence.layout import JOURNAL
 
 
 class Journal:
@@ -40,14 +31,14 @@ class Journal:
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
-        _write_atomic(self.path, json.dumps(self.data, ensure_ascii=False, indent=1, default=str))
+        write_text_atomic(self.path, json.dumps(self.data, ensure_ascii=False, indent=1, default=str))
 
     def open(self) -> None:
         self.marker.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.marker, str(self.capture_dir.resolve()))
+        write_text_atomic(self.marker, str(self.capture_dir.resolve()))
 
     def close(self) -> None:
-        self.marker.unlink(missing_ok=True)
+        remove_durably(self.marker)
 
 
 def active_captures(active_dir: Path) -> list[tuple[str, Path]]:
@@ -56,7 +47,7 @@ def active_captures(active_dir: Path) -> list[tuple[str, Path]]:
         return []
     found = []
     for marker in sorted(active_dir.iterdir()):
-        if marker.name.endswith(".tmp"):
+        if marker.name.endswith(".tmp") or marker.name.startswith("."):
             continue
         found.append((marker.name, Path(marker.read_text(encoding="utf-8").strip())))
     return found

@@ -74,21 +74,6 @@ def stop(process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, grace: 
         return process.wait(timeout=5)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def wait_for(predicate: object, timeout: float, interval: float = 0.05) -> bool:
     """Poll a zero-argument callable until it returns true or `timeout` passes."""
     assert callable(predicate)

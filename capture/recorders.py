@@ -21,9 +21,9 @@ import ffmpeg
 
 from capture.processes import spawn, stop
 from evidence import ComponentMissing, Layout
+from evidence.layout import SEGMENT_DIR
 
 CLOCK_TEXT = r"%{pts:gmtime:0:%Y-%m-%d %H\:%M\:%S}.%{eif:mod(t*1000,1000):d:3} UTC"
-SEGMENT_DIR = "segments"
 
 
 class Recorder(Protocol):

@@ -12,19 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from capture.assemble import (
-    MANIFEST,
     Assembly,
     assemble_videos,
     build_manifest,
-    load_manifest,
     overall_status,
     read_tile_result,
-    write_manifest,
 )
 from capture.chain import SegmentChain
 from capture.environment import check_components, collect_provenance
 from capture.journal import Journal, active_captures
-from capture.processes import pid_alive
 from evidence import (
     EvidenceError,
     Layout,
@@ -35,6 +31,8 @@ from evidence import (
     StepName,
     StepOutcome,
 )
+from evidence.layout import MANIFEST, load_manifest, write_manifest
+from system.processes import pid_alive
 
 
 @contextlib.contextmanager

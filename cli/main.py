@@ -22,15 +22,9 @@ from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
-from capture.assemble import MANIFEST, load_manifest
-from capture.export import export_capture
 from capture.job import CaptureJob
-from capture.preserve import PRESERVATION, Preservation, Preserver
 from capture.recovery import recover_interrupted
-from capture.registry import known, locate
-from capture.services import Services
 from capture.targets import MAX_TILES, validate_targets
-from capture.verify import VerificationReport, verify_capture, verify_package
 from evidence import (
     CaptureEvent,
     CaptureRequest,
@@ -40,11 +34,19 @@ from evidence import (
     EvidenceError,
     IntegrityError,
     Manifest,
+    PreservationRecord,
     Settings,
     UsageError,
 )
+from evidence.layout import has_manifest, load_manifest
+from preservation.export import export_capture
+from preservation.maintenance import catch_up, preserve_recovered, survey
+from preservation.online import verify_capture
+from preservation.preserve import Preserver
+from preservation.registry import known, locate, register
+from preservation.services import Services
+from preservation.verify import VerificationReport, verify_package
 from storage.seaweed import EmbeddedSeaweed
-from storage.spool import Spool
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -170,87 +172,33 @@ def _say(message: str) -> None:
     print(f"wz: {message}", file=sys.stderr)
 
 
-def preservation_summary(preservation: Preservation) -> dict[str, object]:
+def preservation_summary(record: PreservationRecord) -> dict[str, object]:
     return {
-        "manifest_sha256": preservation.manifest["sha256"],
-        "manifest_sm3": preservation.manifest["sm3"],
-        "signature": preservation.signature.get("path"),
+        "manifest_sha256": record.manifest.sha256,
+        "manifest_sm3": record.manifest.sm3,
+        "signature": record.signature.path if record.signature else None,
         "timestamps": [
             {"tsa": t.tsa_url, "local_tsa": t.local_tsa, "status": t.status.value,
              "gen_time": t.gen_time.isoformat() if t.gen_time else None, "error": t.error}
-            for t in preservation.timestamps
+            for t in record.timestamps
         ],
-        "stored_objects": len(preservation.stored),
-        "custody_entries": preservation.custody_seqs,
-        "problems": preservation.problems,
+        "stored_objects": len(record.stored),
+        "custody_entries": list(record.custody_seqs),
+        "problems": list(record.problems),
     }
 
 
-def _recover(settings: Settings, quiet: bool = False) -> list[dict[str, object]]:
+def _recover(settings: Settings) -> list[dict[str, object]]:
     done: list[dict[str, object]] = []
-    for directory, result in recover_interrupted(settings):
-        if isinstance(result, EvidenceError):
-            print(f"wz: could not finalize the interrupted capture in {directory}: {result}", file=sys.stderr)
-            done.append({"directory": str(directory), "error": str(result)})
+    for recovered in preserve_recovered(settings, recover_interrupted(settings), _say):
+        if recovered.manifest is None:
+            done.append({"directory": str(recovered.directory), "error": recovered.error})
             continue
-        if not quiet:
-            print(f"wz: finalized interrupted capture {result.capture_id} as {result.status.value}: "
-                  f"{directory / 'manifest.json'}", file=sys.stderr)
-        entry = summary(result, directory)
-        try:
-            with Services(settings) as services:
-                entry["preservation"] = preservation_summary(
-                    Preserver(services, report=_say).preserve(directory))
-        except EvidenceError as exc:
-            print(f"wz: could not preserve the recovered capture {result.capture_id}: {exc}", file=sys.stderr)
+        entry = summary(recovered.manifest, recovered.directory)
+        if recovered.record is not None:
+            entry["preservation"] = preservation_summary(recovered.record)
         done.append(entry)
     return done
-
-
-def _catch_up(settings: Settings) -> None:
-    """Every command finishes what earlier ones left: unfinished preservation, pending tokens, spooled uploads.
-
-    One broken capture is reported and skipped; it never blocks the command that was asked for.
-    """
-    unfinished: list[Path] = []
-    pending_tokens: list[Path] = []
-    for capture_id, directory in known(settings.registry_dir):
-        try:
-            if (directory / MANIFEST).exists() and not _preservation_complete(directory):
-                unfinished.append(directory)
-            elif _has_pending_tokens(directory):
-                pending_tokens.append(directory)
-        except (OSError, ValueError, KeyError) as exc:
-            _say(f"skipping capture {capture_id}: its preservation record is unreadable: {exc}")
-    spooled = Spool(settings.spool_dir).pending()
-    if not unfinished and not pending_tokens and not spooled:
-        return
-    with Services(settings) as services:
-        preserver = Preserver(services, report=_say)
-        for directory in unfinished:
-            _guarded(f"finishing the preservation of {directory}", functools.partial(preserver.preserve, directory))
-        for directory in pending_tokens:
-            _guarded(f"retrying the pending timestamps of {directory}",
-                     functools.partial(preserver.retry_timestamps, directory))
-        if spooled:
-            _guarded("uploading the spool", preserver.sync)
-
-
-def _guarded(what: str, run: Callable[[], object]) -> None:
-    try:
-        run()
-    except EvidenceError as exc:
-        _say(f"{what} failed: {exc}")
-
-
-def _preservation_complete(directory: Path) -> bool:
-    return (directory / PRESERVATION).exists() and Preservation.load(directory).complete
-
-
-def _has_pending_tokens(directory: Path) -> bool:
-    if not (directory / PRESERVATION).exists():
-        return False
-    return bool(Preservation.load(directory).pending_timestamps)
 
 
 def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,9 +216,8 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
         preserver = Preserver(services, report=_say)
         if args.command == "timestamp":
             left = 0
-            for _capture_id, directory in known(settings.registry_dir):
-                if _has_pending_tokens(directory):
-                    left += len(preserver.retry_timestamps(directory).pending_timestamps)
+            for directory in survey(settings, _say).pending_tokens:
+                left += len(preserver.retry_timestamps(directory).pending_timestamps)
             _say(f"{left} timestamp(s) still pending")
             return EXIT_OK if left == 0 else EXIT_FAILED
         if args.command == "sync":
@@ -311,7 +258,7 @@ def _hold_targets(settings: Settings, capture_id: str | None, case_id: str | Non
     found = []
     for _capture_id, directory in known(settings.registry_dir):
         with contextlib.suppress(OSError, ValueError):
-            if (directory / MANIFEST).exists() and load_manifest(directory).provenance.case_id == case_id:
+            if has_manifest(directory) and load_manifest(directory).provenance.case_id == case_id:
                 found.append(directory)
     if not found:
         raise UsageError(f"no capture of case {case_id!r} on this machine")
@@ -358,7 +305,8 @@ def run_capture(args: argparse.Namespace, settings: Settings) -> int:
     except ValidationError as exc:
         raise UsageError(exc.errors()[0]["msg"]) from exc
     services = Services(settings)
-    job = CaptureJob(request, settings, on_event=ProgressPrinter(sys.stderr), stamp=services.timestamper.stamp)
+    job = CaptureJob(request, settings, on_event=ProgressPrinter(sys.stderr), stamp=services.timestamper.stamp,
+                     on_created=functools.partial(register, settings.registry_dir))
 
     async def main() -> Manifest:
         loop = asyncio.get_running_loop()
@@ -405,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("verify", "services"):
             return run_integrity(args, settings)
         _recover(settings)
-        _catch_up(settings)
+        catch_up(settings, _say)
         if args.command != "capture":
             return run_integrity(args, settings)
         if len(args.urls) > MAX_TILES:

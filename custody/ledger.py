@@ -26,9 +26,8 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,9 +55,22 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from custody import merkle
+from custody.proofs import (
+    GENESIS_PREV_HASH,
+    ConsistencyProof,
+    InclusionProof,
+    canonical_details,
+    checkpoint_body,
+    compute_entry_hash,
+    entry_leaf_hash,
+    format_time,
+    parse_time,
+    timestamp_problem,
+)
 from evidence import (
     Checkpoint,
     ConfigurationError,
+    CustodyAction,
     CustodyEntry,
     EvidenceError,
     LedgerCorrupt,
@@ -66,9 +78,8 @@ from evidence import (
     TimestampRecord,
     UsageError,
 )
-from hashing.canonical import canonical_json
+from evidence.canonical import canonical_json
 
-GENESIS_PREV_HASH = "0" * 64
 SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
 # Serialises schema creation across processes on PostgreSQL ("ZCUSTODY" in ASCII; any fixed bigint works).
 _PG_SCHEMA_LOCK = 0x5A43555354_4F4459
@@ -142,204 +153,6 @@ $do$
 """
 
 
-# -- the byte encoding ---------------------------------------------------------------------------------
-
-
-def format_time(moment: datetime) -> str:
-    """The ledger's one text form of a time: UTC, microseconds, `Z`."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise UsageError(f"custody times must carry a time zone, got naive {moment.isoformat()}")
-    utc = moment.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
-    )
-
-
-def _parse_time(value: str) -> datetime:
-    if not _TIME_FORMAT.match(value):
-        raise ValueError(f"{value!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def _body(entry: CustodyEntry) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "at": format_time(entry.at),
-        "actor": entry.actor,
-        "action": entry.action,
-        "subject": entry.subject,
-        "details": entry.details,
-        "prev_hash": entry.prev_hash,
-    }
-
-
-def compute_entry_hash(entry: CustodyEntry) -> str:
-    """SHA-256 (hex) of the canonical JSON of the entry without its entry_hash: what entry_hash must be."""
-    return hashlib.sha256(canonical_json(_body(entry))).hexdigest()
-
-
-def entry_bytes(entry: CustodyEntry) -> bytes:
-    """The entry as the Merkle tree sees it: canonical JSON of all eight fields, entry_hash included."""
-    return canonical_json({**_body(entry), "entry_hash": entry.entry_hash})
-
-
-def entry_leaf_hash(entry: CustodyEntry) -> bytes:
-    return merkle.leaf_hash(entry_bytes(entry))
-
-
-def checkpoint_body(cp: Checkpoint) -> bytes:
-    """The bytes a checkpoint's signature covers (and whose SHA-256 its timestamp covers)."""
-    return canonical_json({"tree_size": cp.tree_size, "root_hash": cp.root_hash, "at": format_time(cp.at),
-                           "signer": cp.signer})
-
-
-def _canonical_details(details: Mapping[str, Any]) -> str:
-    if not isinstance(details, Mapping):
-        raise UsageError(f"custody details must be a JSON object, not {type(details).__name__}")
-    try:
-        return canonical_json(dict(details)).decode("utf-8")
-    except (TypeError, ValueError) as exc:  # json cannot encode it, or a lone surrogate cannot become UTF-8
-        raise UsageError(f"custody details cannot be stored as canonical JSON: {exc}") from exc
-
-
-def _check_timestamp(record: TimestampRecord | None, body: bytes) -> str | None:
-    """Why a checkpoint's timestamp record is not over this body, or None when it is (or there is none)."""
-    if record is None:
-        return None
-    digest = hashlib.sha256(body).hexdigest()
-    if record.message_imprint.lower() != digest:
-        return f"its timestamp imprint {record.message_imprint[:16]}… is not SHA-256 of the checkpoint body"
-    return None
-
-
-# -- proofs, usable without a database ----------------------------------------------------------------
-
-
-def _hex_hash(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _HEX64.match(value):
-        raise LedgerCorrupt(f"{what} is not a 64-digit lowercase hex SHA-256: {value!r}")
-    return value
-
-
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise LedgerCorrupt(f"{what} is not an integer: {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class InclusionProof:
-    """RFC 9162 inclusion proof of entry `seq` (leaf `seq - 1`) in the tree of `tree_size` entries."""
-
-    seq: int
-    leaf_index: int
-    tree_size: int
-    leaf_hash: str
-    root: str
-    path: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "leaf_index": self.leaf_index, "tree_size": self.tree_size,
-                "leaf_hash": self.leaf_hash, "root": self.root, "path": list(self.path)}
-
-    @classmethod
-    def from_json(cls, data: Any) -> InclusionProof:
-        """Read `to_json()` output; raises LedgerCorrupt when it is malformed."""
-        if not isinstance(data, dict) or set(data) != {"seq", "leaf_index", "tree_size", "leaf_hash", "root", "path"}:
-            raise LedgerCorrupt(f"an inclusion proof must hold exactly seq, leaf_index, tree_size, leaf_hash, "
-                                f"root and path: {data!r:.200}")
-        path = data["path"]
-        if not isinstance(path, list):
-            raise LedgerCorrupt(f"inclusion proof path is not a list: {path!r:.200}")
-        return cls(
-            seq=_int(data["seq"], "inclusion proof seq"),
-            leaf_index=_int(data["leaf_index"], "inclusion proof leaf_index"),
-            tree_size=_int(data["tree_size"], "inclusion proof tree_size"),
-            leaf_hash=_hex_hash(data["leaf_hash"], "inclusion proof leaf_hash"),
-            root=_hex_hash(data["root"], "inclusion proof root"),
-            path=tuple(_hex_hash(p, f"inclusion proof path[{i}]") for i, p in enumerate(path)),
-        )
-
-
-@dataclass(frozen=True)
-class ConsistencyProof:
-    """RFC 9162 consistency proof: the tree of `old_size` entries is a prefix of the tree of `new_size`."""
-
-    old_size: int
-    new_size: int
-    old_root: str
-    new_root: str
-    path: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"old_size": self.old_size, "new_size": self.new_size, "old_root": self.old_root,
-                "new_root": self.new_root, "path": list(self.path)}
-
-    @classmethod
-    def from_json(cls, data: Any) -> ConsistencyProof:
-        """Read `to_json()` output; raises LedgerCorrupt when it is malformed."""
-        if not isinstance(data, dict) or set(data) != {"old_size", "new_size", "old_root", "new_root", "path"}:
-            raise LedgerCorrupt(f"a consistency proof must hold exactly old_size, new_size, old_root, new_root "
-                                f"and path: {data!r:.200}")
-        path = data["path"]
-        if not isinstance(path, list):
-            raise LedgerCorrupt(f"consistency proof path is not a list: {path!r:.200}")
-        return cls(
-            old_size=_int(data["old_size"], "consistency proof old_size"),
-            new_size=_int(data["new_size"], "consistency proof new_size"),
-            old_root=_hex_hash(data["old_root"], "consistency proof old_root"),
-            new_root=_hex_hash(data["new_root"], "consistency proof new_root"),
-            path=tuple(_hex_hash(p, f"consistency proof path[{i}]") for i, p in enumerate(path)),
-        )
-
-
-def verify_inclusion_proof(entry: CustodyEntry, proof: InclusionProof, checkpoint: Checkpoint | None = None) -> None:
-    """Offline: the entry is intact, and it is leaf `seq - 1` of the tree the proof (and the checkpoint) names.
-
-    Checks the entry's own hash, the proof's leaf hash, the RFC 9162 path to the root and, when a
-    checkpoint is given, that the proof is against that checkpoint's tree size and root. The
-    checkpoint's signature is the caller's to verify (`checkpoint_body` gives the signed bytes).
-    Raises LedgerCorrupt.
-    """
-    where = f"entry {entry.seq}"
-    if proof.seq != entry.seq or proof.leaf_index != entry.seq - 1:
-        raise LedgerCorrupt(f"{where}: the proof is for entry {proof.seq} (leaf {proof.leaf_index})")
-    if compute_entry_hash(entry) != entry.entry_hash:
-        raise LedgerCorrupt(f"{where}: hash does not match its contents")
-    leaf = entry_leaf_hash(entry)
-    if leaf.hex() != proof.leaf_hash:
-        raise LedgerCorrupt(f"{where}: its leaf hash differs from the one the proof was made for")
-    if checkpoint is not None and (proof.tree_size != checkpoint.tree_size or proof.root != checkpoint.root_hash):
-        raise LedgerCorrupt(f"{where}: the proof is for tree size {proof.tree_size} root {proof.root[:16]}…, "
-                            f"not the checkpoint's size {checkpoint.tree_size} root {checkpoint.root_hash[:16]}…")
-    try:
-        merkle.verify_inclusion(leaf, proof.leaf_index, proof.tree_size, [bytes.fromhex(p) for p in proof.path],
-                                bytes.fromhex(proof.root))
-    except LedgerCorrupt as exc:
-        raise LedgerCorrupt(f"{where}: {exc}") from exc
-    except ValueError as exc:
-        raise LedgerCorrupt(f"{where}: the proof holds a hash that is not hex: {exc}") from exc
-
-
-def verify_consistency_proof(proof: ConsistencyProof, old: Checkpoint | None = None,
-                             new: Checkpoint | None = None) -> None:
-    """Offline: the older tree is a prefix of the newer one; with checkpoints, that the proof is between them.
-
-    Raises LedgerCorrupt.
-    """
-    for cp, size, root, name in ((old, proof.old_size, proof.old_root, "old"),
-                                 (new, proof.new_size, proof.new_root, "new")):
-        if cp is not None and (cp.tree_size != size or cp.root_hash != root):
-            raise LedgerCorrupt(f"the consistency proof's {name} tree (size {size}, root {root[:16]}…) is not the "
-                                f"checkpoint's (size {cp.tree_size}, root {cp.root_hash[:16]}…)")
-    try:
-        merkle.verify_consistency(proof.old_size, proof.new_size, bytes.fromhex(proof.old_root),
-                                  bytes.fromhex(proof.new_root), [bytes.fromhex(p) for p in proof.path])
-    except ValueError as exc:
-        raise LedgerCorrupt(f"the consistency proof holds a hash that is not hex: {exc}") from exc
-
-
 # -- the database --------------------------------------------------------------------------------------
 
 
@@ -411,7 +224,7 @@ def _entry_from_row(row: Row[Any]) -> CustodyEntry:
     """Rebuild an entry from its stored text, refusing any text that is not in the canonical form that was hashed."""
     where = f"entry {row.seq}"
     try:
-        at = _parse_time(row.at)
+        at = parse_time(row.at)
     except ValueError as exc:
         raise LedgerCorrupt(f"{where}: its time is not in the ledger's form: {exc}") from exc
     try:
@@ -431,7 +244,7 @@ def _entry_from_row(row: Row[Any]) -> CustodyEntry:
 def _checkpoint_from_row(row: Row[Any]) -> Checkpoint:
     where = f"checkpoint at size {row.tree_size}"
     try:
-        at = _parse_time(row.at)
+        at = parse_time(row.at)
         stamp = TimestampRecord.model_validate_json(row.timestamp) if row.timestamp is not None else None
         return Checkpoint(tree_size=row.tree_size, root_hash=row.root_hash, at=at, signer=row.signer,
                           signature=row.signature, timestamp=stamp)
@@ -509,12 +322,15 @@ class Ledger:
 
     # -- entries --
 
-    def append(self, actor: str, action: str, subject: str, details: dict[str, Any]) -> CustodyEntry:
+    def append(self, actor: str, action: CustodyAction, subject: str, details: dict[str, Any]) -> CustodyEntry:
         """Add one entry at the end of the chain, atomically with respect to every other process."""
         _check_text(actor, "actor")
-        _check_text(action, "action")
+        try:
+            action = CustodyAction(action)
+        except ValueError as exc:
+            raise UsageError(f"unknown custody action {action!r}") from exc
         _check_text(subject, "subject")
-        details_text = _canonical_details(details)
+        details_text = canonical_details(details)
         with self._transaction(write=True, lock=ENTRIES) as conn:
             last = conn.execute(
                 select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
@@ -523,7 +339,7 @@ class Ledger:
             prev_hash = GENESIS_PREV_HASH if last is None else last.entry_hash
             # Taken under the lock, so times follow seq order (unless the clock itself steps back).
             at = format_time(datetime.now(UTC))
-            entry = CustodyEntry(seq=seq, at=_parse_time(at), actor=actor, action=action, subject=subject,
+            entry = CustodyEntry(seq=seq, at=parse_time(at), actor=actor, action=action, subject=subject,
                                  details=json.loads(details_text), prev_hash=prev_hash, entry_hash="0" * 64)
             entry = entry.model_copy(update={"entry_hash": compute_entry_hash(entry)})
             conn.execute(insert(ENTRIES).values(seq=seq, at=at, actor=actor, action=action, subject=subject,
@@ -605,7 +421,7 @@ class Ledger:
             if roots[cp.tree_size].hex() != cp.root_hash:
                 raise LedgerCorrupt(f"{where}: root differs from the recomputed tree")
             body = checkpoint_body(cp)
-            problem = _check_timestamp(cp.timestamp, body)
+            problem = timestamp_problem(cp.timestamp, body)
             if problem is not None:
                 raise LedgerCorrupt(f"{where}: {problem}")
             if verifier is not None:
@@ -665,13 +481,13 @@ class Ledger:
         for cp in existing:
             if cp.tree_size == len(leaves):
                 return cp
-        at = _parse_time(format_time(datetime.now(UTC)))
+        at = parse_time(format_time(datetime.now(UTC)))
         unsigned = Checkpoint(tree_size=len(leaves), root_hash=merkle.root(leaves).hex(), at=at, signer=signer_name,
                               signature="")
         body = checkpoint_body(unsigned)
         signature = base64.b64encode(sign(body)).decode("ascii")
         record = stamp(hashlib.sha256(body).digest()) if stamp is not None else None
-        problem = _check_timestamp(record, body)
+        problem = timestamp_problem(record, body)
         if problem is not None:
             raise TimestampInvalid(f"checkpoint at size {unsigned.tree_size}: {problem}")
         cp = unsigned.model_copy(update={"signature": signature, "timestamp": record})

@@ -12,9 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 MANIFEST_SCHEMA = "wangzheng/capture-manifest/v1"
+PRESERVATION_SCHEMA = "wangzheng/preservation/v1"
 
 HexSha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -312,13 +313,29 @@ class StoredObject(Frozen):
     verified_at: datetime | None = None
 
 
+class CustodyAction(StrEnum):
+    """Every action the custody ledger records. The value is what is hashed into the entry."""
+
+    CAPTURED = "captured"  # a capture finished recording (its manifest exists)
+    HASHED = "hashed"  # the manifest's digests were recorded
+    SIGNED = "signed"  # the manifest was signed
+    TIMESTAMPED = "timestamped"  # an RFC 3161 token was granted
+    TIMESTAMP_PENDING = "timestamp-pending"  # a TSA did not answer; the request is kept
+    STORED = "stored"  # an object version was written to WORM storage, read back and verified
+    LEGAL_HOLD = "legal-hold"
+    LEGAL_HOLD_RELEASED = "legal-hold-released"
+    EXPORTED = "exported"  # a package is about to be written
+    EXPORT_WRITTEN = "export-written"  # the package's own digests, once written
+    VERIFIED = "verified"  # an online verification ran (passed or not)
+
+
 class CustodyEntry(Frozen):
     """One action on one item, chained to the entry before it."""
 
     seq: int = Field(ge=1)
     at: datetime
     actor: str
-    action: str
+    action: CustodyAction
     subject: str
     details: dict[str, Any] = Field(default_factory=dict)
     prev_hash: HexSha256
@@ -334,3 +351,93 @@ class Checkpoint(Frozen):
     signer: str
     signature: str  # base64 DER ECDSA over the checkpoint's canonical body
     timestamp: TimestampRecord | None = None
+
+
+class PreservationStep(StrEnum):
+    """Steps of preservation recorded once each, so a run resumed after a crash skips what was done."""
+
+    CAPTURED = "captured"
+    HASHED = "hashed"
+    SIGNED = "signed"
+    TIMESTAMPED = "timestamped"
+
+
+class FileDigest(Frozen):
+    """One file's size and digests, addressed relative to the capture directory."""
+
+    path: str
+    size: int = Field(ge=0)
+    sha256: HexSha256
+    sm3: HexSha256
+
+    @property
+    def digests(self) -> Digests:
+        return Digests(sha256=self.sha256, sm3=self.sm3)
+
+
+class SignatureRecord(Frozen):
+    """The detached signature over the manifest's exact bytes."""
+
+    path: str
+    format: str
+    signer: str
+    sha256: HexSha256
+    certificates: tuple[str, ...] = ()
+
+
+class PreservationRecord(Frozen):
+    """What preservation did to one capture (`preservation.json`): each fact is verifiable on its own.
+
+    Each stage returns a new record (`evolve`); the record on disk is replaced atomically after each.
+    """
+
+    schema_id: str = Field(default=PRESERVATION_SCHEMA, alias="schema")
+    capture_id: str
+    manifest: FileDigest
+    signature: SignatureRecord | None = None
+    timestamps: tuple[TimestampRecord, ...] = ()
+    stored: tuple[StoredObject, ...] = ()  # sorted by key, one version per key
+    custody_seqs: tuple[int, ...] = ()
+    problems: tuple[str, ...] = ()
+    done: tuple[PreservationStep, ...] = ()
+    complete: bool = False
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_first_format(cls, data: Any) -> Any:
+        """Records written before the schema was named kept `stored` as a map and `signature` as {} when unsigned."""
+        if not isinstance(data, dict) or "schema" in data:
+            return data
+        upgraded = dict(data)
+        if isinstance(upgraded.get("stored"), dict):
+            upgraded["stored"] = [upgraded["stored"][key] for key in sorted(upgraded["stored"])]
+        if upgraded.get("signature") == {}:
+            upgraded["signature"] = None
+        return upgraded
+
+    @property
+    def pending_timestamps(self) -> tuple[TimestampRecord, ...]:
+        return tuple(t for t in self.timestamps if t.status == TimestampStatus.PENDING)
+
+    @property
+    def granted_timestamps(self) -> tuple[TimestampRecord, ...]:
+        return tuple(t for t in self.timestamps if t.status == TimestampStatus.GRANTED)
+
+    def stored_by_key(self) -> dict[str, StoredObject]:
+        return {obj.key: obj for obj in self.stored}
+
+    def with_stored(self, obj: StoredObject) -> PreservationRecord:
+        by_key = self.stored_by_key()
+        by_key[obj.key] = obj
+        return self.model_copy(update={"stored": tuple(by_key[key] for key in sorted(by_key))})
+
+    def with_custody(self, seq: int) -> PreservationRecord:
+        return self.model_copy(update={"custody_seqs": (*self.custody_seqs, seq)})
+
+    def with_problem(self, problem: str) -> PreservationRecord:
+        return self.model_copy(update={"problems": (*self.problems, problem)})
+
+    def with_done(self, step: PreservationStep) -> PreservationRecord:
+        return self.model_copy(update={"done": (*self.done, step)})

@@ -49,10 +49,10 @@ from typing import Any
 import psutil
 
 from capture.analysis import sync_report, tile_timecodes
-from capture.assemble import load_manifest
 from capture.fixtures import PATH_PRODUCT, FixtureServer, live_path
 from capture.timecode import timecode_delta_ms, timecode_from_epoch_ms
 from evidence import Manifest, StepName
+from evidence.layout import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 WZ = REPO / ".venv" / "bin" / "wz"

@@ -157,15 +157,16 @@ def bench_upload(work: Path, rounds: int = 3) -> dict[str, Any]:
 
 def bench_verify(work: Path, hashing_speed: float) -> dict[str, Any]:
     """Build a real capture record around a 1 GiB artifact, preserve and export it, then time `wz verify`."""
-    from capture.assemble import build_manifest, write_manifest
+    from capture.assemble import build_manifest
     from capture.environment import check_components, collect_provenance
-    from capture.export import export_capture
     from capture.layout import build_layout
-    from capture.preserve import Preserver
-    from capture.registry import register
-    from capture.services import Services
-    from capture.verify import verify_package
     from evidence import CaptureStatus, Settings, TileResult, TileStatus
+    from evidence.layout import write_manifest
+    from preservation.export import export_capture
+    from preservation.preserve import Preserver
+    from preservation.registry import register
+    from preservation.services import Services
+    from preservation.verify import verify_package
 
     data = work / "data"
     os.environ.update({"WZ_DATA_DIR": str(data), "WZ_EMBEDDED_S3_PORT": "17533", "WZ_NTP_TIMEOUT_SECONDS": "1"})

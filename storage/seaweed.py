@@ -38,6 +38,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from evidence import ComponentMissing, ConfigurationError, StorageError, StoreUnavailable
+from system.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +135,6 @@ def find_weed() -> str:
     if found:
         return found
     raise ComponentMissing("SeaweedFS (`weed`) is not installed; run ./scripts/setup")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-        if state != "Z":
-            return True
-        # A zombie is dead for our purposes (whoever adopted it may never reap it), but only once its other
-        # threads are gone too: until then it still holds its sockets.
-        return len(os.listdir(f"/proc/{pid}/task")) > 1
-    except OSError:
-        return False
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -373,7 +356,7 @@ class EmbeddedSeaweed:
 
     def _is_ours(self, pid: int) -> bool:
         """Alive, and really a weed serving our data directory (pids are reused)."""
-        if not _pid_alive(pid):
+        if not pid_alive(pid, holds_ports=True):
             return False
         argv = _cmdline(pid)
         return bool(argv) and Path(argv[0]).name == "weed" and f"-dir={self.data_dir}" in argv
@@ -478,7 +461,7 @@ class EmbeddedSeaweed:
         deadline = time.monotonic() + timeout
         last_error = "no answer yet"
         while True:
-            if not _pid_alive(pid):
+            if not pid_alive(pid, holds_ports=True):
                 self.state_path.unlink(missing_ok=True)
                 raise StorageError(
                     f"SeaweedFS (pid {pid}) exited before serving S3 on {endpoint.endpoint}; "
@@ -520,7 +503,7 @@ class EmbeddedSeaweed:
     @staticmethod
     def _wait_gone(pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid):
+        while pid_alive(pid, holds_ports=True):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)

@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evidence import DigestMismatch, Digests, StorageError, StoredObject, StoreUnavailable
+from evidence.files import fsync_directory, write_atomic
 from storage.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -181,28 +182,11 @@ class Spool:
 
     def _save(self, batch: _Batch) -> None:
         """Write-to-temp, fsync, rename, fsync the directory: a crash leaves the old or the new file."""
-        path = self._path(batch.capture_id)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        data = batch.model_dump_json(indent=2).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self._fsync_dir()
+        write_atomic(self._path(batch.capture_id), batch.model_dump_json(indent=2).encode(), mode=0o600)
 
     def _remove(self, capture_id: str) -> None:
         self._path(capture_id).unlink()
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.spool_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.spool_dir)
 
     def _update(self, capture_id: str, key: str, change: Callable[[_Entry], None]) -> None:
         with self._flock(_LOCK):
@@ -253,14 +237,23 @@ class Spool:
         if not self.spool_dir.is_dir():
             return []
         with self._flock(_LOCK):
-            batches = [self._load(path) for path in self.spool_dir.glob("*.json")]
+            batches = [self._load(path) for path in self.spool_dir.glob("*.json") if not path.name.startswith(".")]
         return [batch.public() for batch in sorted(batches, key=lambda b: (b.enqueued_at, b.capture_id))]
 
     def sync(
-        self, store: ObjectStore, on_stored: Callable[[str, SpoolItem, StoredObject], None] | None = None
+        self,
+        store: ObjectStore,
+        on_stored: Callable[[str, SpoolItem, StoredObject], None] | None = None,
+        *,
+        wait: bool = True,
     ) -> SyncReport:
-        """Upload, verify by version and record every pending item; see the module docstring."""
-        with self._flock(_SYNC_LOCK, blocking=False) as acquired:
+        """Upload, verify by version and record every pending item; see the module docstring.
+
+        One sync runs at a time. With `wait` (what a caller that just enqueued must use) this one waits for a
+        running sync to end and then uploads whatever is left, its own batches included: a running sync may
+        have read the queue before they were added. Without it a busy spool returns at once (`busy`).
+        """
+        with self._flock(_SYNC_LOCK, blocking=wait) as acquired:
             if not acquired:
                 log.info("another sync of %s is running", self.spool_dir)
                 return SyncReport(remaining=tuple(b.capture_id for b in self.pending()), busy=True)

@@ -1,4 +1,10 @@
-"""Shared fixtures. Integration tests use the real programs; when one is missing they fail, never skip."""
+"""Shared fixtures. Integration tests use the real programs; when one is missing they fail, never skip.
+
+Two tiers: `pytest -m "not integration"` runs every test that needs no browser, display, sound server, object
+store or database server, and requires none of them at start; `pytest` (what ./scripts/test runs) runs all.
+A fixture that starts a real server refuses to serve a test not marked `integration`, so a test cannot slip
+a component into the fast tier unnoticed.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +24,31 @@ REQUIRED_PROGRAMS = ("ffmpeg", "ffprobe", "Xvfb", "pulseaudio", "pactl")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(item.get_closest_marker("integration") for item in items):
+        return
     missing = [p for p in REQUIRED_PROGRAMS if shutil.which(p) is None]
     if not Path("/usr/lib/chromium/chromium").exists() and shutil.which("chromium") is None:
         missing.append("chromium")
     if missing:
         # Fail loudly: a test suite that quietly skips the real components proves nothing.
-        raise pytest.UsageError(f"missing programs {missing}: run ./scripts/setup first")
+        raise pytest.UsageError(f"integration tests selected but programs {missing} are missing: "
+                                "run ./scripts/setup first (or select the fast tier with -m 'not integration')")
+
+
+# Fixtures that start (or need) a real server; a test that uses one, directly or through another fixture,
+# must be marked integration.
+SERVER_FIXTURES = {"s3_server": "SeaweedFS", "demo_server": "the demo page server (ffmpeg media)",
+                   "server": "the demo page server (ffmpeg media)",
+                   "pg_url": "PostgreSQL", "seaweed": "SeaweedFS", "endpoint": "SeaweedFS"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("integration") is not None:
+        return
+    used = sorted({SERVER_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SERVER_FIXTURES})
+    if used:
+        raise pytest.UsageError(f"{item.nodeid} uses {', '.join(used)} but is not marked integration")
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +99,26 @@ def base_env(data_dir: Path, endpoint: S3Endpoint) -> dict[str, str]:
     }
 
 
+def offline_env(data_dir: Path) -> dict[str, str]:
+    """Environment for a `wz` subprocess that must start no server: its store points at a port nothing serves."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WZ_")}
+    return env | {
+        "WZ_DATA_DIR": str(data_dir),
+        "WZ_NTP_TIMEOUT_SECONDS": "1",
+        "WZ_S3_ENDPOINT": "127.0.0.1:9",  # discard: nothing answers, so a command that needs the store says so
+        "WZ_S3_ACCESS_KEY": "unused",
+        "WZ_S3_SECRET_KEY": "unused-secret",
+    }
+
+
 @pytest.fixture
 def wz_env(tmp_path: Path, s3_server: S3Endpoint) -> dict[str, str]:
     return base_env(tmp_path / "data", s3_server)
 
 
-def wz(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def wz(args: list[str], env: dict[str, str], timeout: float = 300,
+       stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout,
-        cwd=REPO, check=False,
+        cwd=REPO, check=False, input=stdin,
     )

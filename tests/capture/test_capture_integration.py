@@ -15,7 +15,6 @@ import cv2
 import pytest
 
 from capture.analysis import audio_tone, sync_report, tile_timecodes
-from capture.assemble import load_manifest
 from capture.fixtures import (
     PATH_FAIL_404,
     PATH_FAIL_HANG_LOAD,
@@ -27,6 +26,7 @@ from capture.fixtures import (
     live_path,
 )
 from evidence import ArtifactRole, CaptureStatus, Manifest, StepName, TileStatus
+from evidence.layout import load_manifest
 from hashing import digest_file
 from storage import S3Endpoint
 from tests.conftest import REPO, base_env, wz
@@ -80,6 +80,9 @@ def test_summary_and_manifest_agree(four_rooms: tuple[Manifest, Path, dict]) -> 
     assert manifest.provenance.operator == "tester" and manifest.provenance.case_id == "T-1"
     assert [s.name for s in manifest.steps] == [StepName.INIT, StepName.ENVIRONMENT, StepName.SETUP, StepName.RECORD,
                                                 StepName.LOAD, StepName.COLLECT, StepName.FINALIZE, StepName.MANIFEST]
+    finalize = next(s for s in manifest.steps if s.name == StepName.FINALIZE)
+    # The epoch sits just before the recorders start: no track begins with a fragment too short to assemble.
+    assert "left out" not in finalize.detail, finalize.detail
 
 
 def test_composite_has_the_duration_layout_and_one_track_per_tile(four_rooms: tuple[Manifest, Path, dict]) -> None:

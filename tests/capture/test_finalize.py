@@ -120,3 +120,21 @@ def test_audio_that_cannot_be_copied_is_encoded_again_and_said_so(tmp_path: Path
     codecs = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
                              str(tmp_path / "composite.mp4")], capture_output=True, text=True, check=True).stdout
     assert codecs.split() == ["h264", "aac"]
+
+
+def test_a_segment_that_ffmpeg_reads_as_another_format_stays_out_of_the_videos(tmp_path: Path) -> None:
+    """A first segment of ten packets passed the size rule but ffmpeg's probe took it for MPEG-PS with MP2 audio,
+    and the composite failed ("sample rate not set"). Only what the probe reads as MPEG-TS is assembled."""
+    _video(tmp_path, start=10.0, seconds=12.0)
+    _audio(tmp_path, 1, start=10.0, seconds=12.0)
+    first = tmp_path / "segments" / "audio1_00000.ts"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=f=300:r=48000:d=1", "-acodec", "mp2", "-f", "mpeg", str(first)], check=True, timeout=60)
+    assert first.stat().st_size >= MIN_PROBE_BYTES
+    layout = build_layout(["https://a.example/1"])
+
+    assembly = assemble_videos(tmp_path, layout, t0=T0, usable_tiles=[1], ffmpeg_path="ffmpeg", ffprobe="ffprobe")
+
+    assert assembly.composite and assembly.problems == ()
+    assert any("audio1_00000.ts" in remark and "MPEG-TS" in remark for remark in assembly.remarks)
+    assert _streams(tmp_path / "composite.mp4") == ["video", "audio"]

@@ -92,6 +92,7 @@ def _get(url: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
 # --- media -------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_media_is_cached_and_complete(server: FixtureServer, cache_dir: pathlib.Path) -> None:
     root = server.media_root
     for room in ROOM_TONES:
@@ -109,6 +110,7 @@ def test_media_is_cached_and_complete(server: FixtureServer, cache_dir: pathlib.
     assert leftovers == []
 
 
+@pytest.mark.integration
 def test_incomplete_media_is_rebuilt(server: FixtureServer, tmp_path: pathlib.Path) -> None:
     copy = tmp_path / server.media_root.name
     shutil.copytree(server.media_root, copy)
@@ -131,6 +133,7 @@ def _ffprobe_streams(path: pathlib.Path) -> list[dict[str, object]]:
     return streams
 
 
+@pytest.mark.integration
 def test_segment_codecs(server: FixtureServer) -> None:
     streams = _ffprobe_streams(room_dir(server.media_root, 1) / "seg005.ts")
     video = [s for s in streams if s["codec_type"] == "video"]
@@ -158,6 +161,7 @@ def _dominant_frequency(segment: pathlib.Path) -> float:
     return float(freqs[int(np.argmax(spectrum))])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("room", sorted(ROOM_TONES))
 def test_room_tone(server: FixtureServer, room: int) -> None:
     peak = _dominant_frequency(room_dir(server.media_root, room) / "seg010.ts")
@@ -167,6 +171,7 @@ def test_room_tone(server: FixtureServer, room: int) -> None:
 # --- HTTP ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("key", [k for k in page_paths() if k != "fail_hang_load"])
 def test_page_status(server: FixtureServer, key: str) -> None:
     status, headers, body = _get(server.url(page_paths()[key]))
@@ -187,12 +192,14 @@ def test_page_status(server: FixtureServer, key: str) -> None:
         assert "/static/timecode.js" in text
 
 
+@pytest.mark.integration
 def test_unknown_path_is_404(server: FixtureServer) -> None:
     assert _get(server.url("/no/such/page"))[0] == 404
     assert _get(server.url("/live/9"))[0] == 404
     assert _get(server.url("/live/1/seg999.ts"))[0] == 404
 
 
+@pytest.mark.integration
 def test_static_and_media_content_types(server: FixtureServer) -> None:
     status, headers, body = _get(server.url("/static/timecode.js"))
     assert status == 200 and headers["Content-Type"].startswith("text/javascript")
@@ -203,6 +210,7 @@ def test_static_and_media_content_types(server: FixtureServer) -> None:
     assert status == 200 and headers["Content-Type"] == "image/jpeg"
 
 
+@pytest.mark.integration
 def test_range_request(server: FixtureServer) -> None:
     request = urllib.request.Request(server.url("/live/1/seg001.ts"), headers={"Range": "bytes=188-375"})
     with urllib.request.urlopen(request, timeout=10) as resp:
@@ -211,6 +219,7 @@ def test_range_request(server: FixtureServer) -> None:
         assert len(resp.read()) == 188
 
 
+@pytest.mark.integration
 def test_live_playlist_over_http_slides(server: FixtureServer) -> None:
     def fetch() -> tuple[dict[str, str], str]:
         status, headers, body = _get(server.url(live_playlist_path(1)))
@@ -277,6 +286,7 @@ def test_live_playlist_discontinuity_sequence_is_consistent() -> None:
             assert a[k] == b[k], f"segment {k} changed discontinuity number at slot {slot}"
 
 
+@pytest.mark.integration
 def test_ffmpeg_reads_live_playlist(server: FixtureServer, tmp_path: pathlib.Path) -> None:
     out = tmp_path / "live.ts"
     subprocess.run(
@@ -297,6 +307,7 @@ def test_ffmpeg_reads_live_playlist(server: FixtureServer, tmp_path: pathlib.Pat
     assert kinds == ["audio", "video"]
 
 
+@pytest.mark.integration
 def test_http_flv_room_streams_live_and_its_player_is_installed(server: FixtureServer,
                                                                 tmp_path: pathlib.Path) -> None:
     status, headers, body = _get(server.url("/vendor/mpegts.js"))
@@ -313,6 +324,7 @@ def test_http_flv_room_streams_live_and_its_player_is_installed(server: FixtureS
     assert sorted(str(s["codec_name"]) for s in _ffprobe_streams(out)) == ["aac", "h264"]
 
 
+@pytest.mark.integration
 def test_hang_load_never_finishes_and_stop_does_not_wait(server: FixtureServer) -> None:
     other = FixtureServer(server.cache_dir)
     other.start()

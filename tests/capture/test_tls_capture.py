@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from capture.assemble import load_manifest
 from capture.fixtures import PATH_PRODUCT, FixtureServer
 from evidence import ArtifactRole, CaptureStatus
+from evidence.layout import load_manifest
 from hashing import digest_file
 from storage import S3Endpoint
 from tests.conftest import base_env, wz

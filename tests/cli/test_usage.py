@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wz
+from tests.conftest import offline_env, wz
 
 
 @pytest.mark.parametrize(
@@ -20,16 +20,16 @@ from tests.conftest import wz
         (["capture"], "required"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str, wz_env: dict[str, str]) -> None:
-    result = wz(args, wz_env, timeout=60)
+def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+    result = wz(args, offline_env(tmp_path / "data") | {"WZ_CAPTURE_ALLOW_PRIVATE": "1"}, timeout=60)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_private_target_refused_without_the_setting(wz_env: dict[str, str], tmp_path: Path) -> None:
-    env = {**wz_env, "WZ_CAPTURE_ALLOW_PRIVATE": "0"}
+def test_private_target_refused_without_the_setting(tmp_path: Path) -> None:
+    env = offline_env(tmp_path / "data")
     result = wz(["capture", "http://127.0.0.1:9/", "--duration", "5", "--out", str(tmp_path / "c")], env, timeout=60)
     assert result.returncode == 2
     assert "loopback" in result.stderr and "WZ_CAPTURE_ALLOW_PRIVATE" in result.stderr

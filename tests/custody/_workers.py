@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from custody.ledger import Ledger
+from evidence import CustodyAction
 
 
 def append_many(url: str, worker: int, count: int, barrier: Any, results: Any) -> None:
@@ -15,7 +16,8 @@ def append_many(url: str, worker: int, count: int, barrier: Any, results: Any) -
         barrier.wait(timeout=120)  # all workers start appending (and creating the schema) at once
         started = time.monotonic_ns()
         for index in range(count):
-            ledger.append(f"worker-{worker}", "test-append", f"subject-{worker}", {"worker": worker, "index": index})
+            ledger.append(f"worker-{worker}", CustodyAction.STORED, f"subject-{worker}",
+                          {"worker": worker, "index": index})
         results.put((worker, started, time.monotonic_ns()))
     finally:
         ledger.close()

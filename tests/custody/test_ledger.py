@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.exc import DBAPIError
 
 from custody import merkle
-from custody.ledger import (
+from custody.ledger import Ledger
+from custody.proofs import (
     GENESIS_PREV_HASH,
     ConsistencyProof,
     InclusionProof,
-    Ledger,
     checkpoint_body,
     compute_entry_hash,
     entry_bytes,
@@ -37,6 +37,7 @@ from custody.ledger import (
 from evidence import (
     Checkpoint,
     ConfigurationError,
+    CustodyAction,
     CustodyEntry,
     LedgerCorrupt,
     TimestampInvalid,
@@ -44,7 +45,7 @@ from evidence import (
     TimestampStatus,
     UsageError,
 )
-from hashing.canonical import canonical_json
+from evidence.canonical import canonical_json
 from tests.custody._workers import append_many
 from tests.custody.conftest import Database
 
@@ -72,8 +73,12 @@ def ledger(db: Database) -> Iterator[Ledger]:
         yield opened
 
 
+ACTIONS = list(CustodyAction)
+
+
 def fill(ledger: Ledger, count: int, subject: str = "capture-1") -> list[CustodyEntry]:
-    return [ledger.append("alice", f"action-{i}", subject, {"n": i, "note": "证据"}) for i in range(1, count + 1)]
+    return [ledger.append("alice", ACTIONS[i % len(ACTIONS)], subject, {"n": i, "note": "证据"})
+            for i in range(1, count + 1)]
 
 
 def leaves_of(entries: list[CustodyEntry]) -> list[bytes]:
@@ -130,12 +135,12 @@ def test_append_read_verify_round_trip(db: Database, ledger: Ledger) -> None:
     with Ledger(db.url) as reopened:
         assert reopened.entries() == appended
         assert reopened.verify() == ledger.verify()
-        assert reopened.append("dave", "viewed", "cap-2", {}).prev_hash == appended[-1].entry_hash
+        assert reopened.append("dave", "verified", "cap-2", {}).prev_hash == appended[-1].entry_hash
 
 
 def test_details_are_stored_in_canonical_form(ledger: Ledger) -> None:
     details: dict[str, Any] = {"b": (1, 2), "a": 1.0, "c": 0.5, "d": "文\n\"", "e": -(2**63), "f": [{"y": 1, "x": 2}]}
-    entry = ledger.append("alice", "noted", "cap", details)
+    entry = ledger.append("alice", "exported", "cap", details)
     # Tuples become lists and 1.0 becomes 1, exactly as canonical JSON writes them, so what append
     # returns equals what is read back and hashes the same.
     assert entry.details == {"b": [1, 2], "a": 1, "c": 0.5, "d": "文\n\"", "e": -(2**63), "f": [{"y": 1, "x": 2}]}
@@ -149,6 +154,7 @@ def test_bad_input_is_refused_and_nothing_is_written(ledger: Ledger) -> None:
     cases: list[tuple[str, str, str, Any]] = [
         ("", "captured", "cap", {}),
         ("alice", " ", "cap", {}),
+        ("alice", "deleted", "cap", {}),  # not a custody action: the ledger records only what Wangzheng does
         ("alice", "captured", "", {}),
         ("al\x00ice", "captured", "cap", {}),
         ("alice", "captured", "cap", {"x": float("nan")}),
@@ -485,9 +491,9 @@ def test_checkpoint_of_the_empty_ledger(ledger: Ledger) -> None:
 def test_inclusion_and_consistency_proofs_verify_offline(db: Database) -> None:
     signer = Signer()
     with Ledger(db.url) as ledger:
-        entries = [ledger.append(f"actor-{i % 3}", "acted", f"cap-{i % 5}", {"i": i}) for i in range(1, 21)]
+        entries = [ledger.append(f"actor-{i % 3}", "stored", f"cap-{i % 5}", {"i": i}) for i in range(1, 21)]
         cp20 = ledger.checkpoint("node", signer.sign)
-        entries += [ledger.append(f"actor-{i % 3}", "acted", f"cap-{i % 5}", {"i": i}) for i in range(21, 38)]
+        entries += [ledger.append(f"actor-{i % 3}", "stored", f"cap-{i % 5}", {"i": i}) for i in range(21, 38)]
         cp37 = ledger.checkpoint("node", signer.sign)
         proofs37 = [ledger.inclusion_proof(seq, cp37.tree_size) for seq in range(1, 38)]
         proofs20 = [ledger.inclusion_proof(seq, cp20.tree_size) for seq in range(1, 21)]

@@ -16,6 +16,8 @@ from evidence import StoredObject
 from storage import S3ObjectStore
 from tests.storage.conftest import versions, write_file
 
+pytestmark = pytest.mark.integration  # a real SeaweedFS
+
 BYPASS = {"x-amz-bypass-governance-retention": "true"}
 
 

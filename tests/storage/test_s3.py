@@ -26,6 +26,8 @@ from hashing import digest_file
 from storage import S3Endpoint, S3ObjectStore, UnsafeStorageWarning, store_from_settings
 from tests.storage.conftest import closed_port, make_store, random_bytes, versions, write_file
 
+pytestmark = pytest.mark.integration  # a real SeaweedFS
+
 MiB = 1 << 20
 
 

@@ -22,6 +22,8 @@ from evidence import ComponentMissing, ConfigurationError, Settings
 from storage import EmbeddedSeaweed, S3Endpoint, SeaweedPorts, store_from_settings
 from tests.storage.conftest import PORT_BASE, S3_PORT, make_store, write_file
 
+pytestmark = pytest.mark.integration  # a real SeaweedFS
+
 REPO = Path(__file__).resolve().parents[2]
 
 

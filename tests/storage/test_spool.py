@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ class Recorder:
             raise RuntimeError("custody database is down")
 
 
+@pytest.mark.integration
 def test_store_down_keeps_the_batch_then_sync_stores_everything(
     store: S3ObjectStore, raw: Any, tmp_path: Path
 ) -> None:
@@ -70,6 +73,7 @@ def test_store_down_keeps_the_batch_then_sync_stores_everything(
     assert spool.sync(store).ok  # nothing left to do
 
 
+@pytest.mark.integration
 def test_a_file_changed_after_capture_is_reported_and_not_uploaded(
     store: S3ObjectStore, raw: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -94,6 +98,7 @@ def test_a_file_changed_after_capture_is_reported_and_not_uploaded(
     assert len(versions(raw, store.bucket, items[0].key)) == 1
 
 
+@pytest.mark.integration
 def test_a_missing_local_file_is_reported(store: S3ObjectStore, tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     capture_dir, items = capture(tmp_path)
@@ -133,6 +138,7 @@ class VerifyFailsOnce:
         self.store.set_legal_hold(key, version_id, on)
 
 
+@pytest.mark.integration
 def test_an_uploaded_version_is_recorded_before_verify_and_never_uploaded_twice(
     store: S3ObjectStore, raw: Any, tmp_path: Path
 ) -> None:
@@ -151,6 +157,7 @@ def test_an_uploaded_version_is_recorded_before_verify_and_never_uploaded_twice(
     assert [v.version_id for v in versions(raw, store.bucket, items[0].key)] == [recorded.version_id]
 
 
+@pytest.mark.integration
 def test_on_stored_failure_keeps_the_batch_and_is_called_again(
     store: S3ObjectStore, raw: Any, tmp_path: Path
 ) -> None:
@@ -169,6 +176,7 @@ def test_on_stored_failure_keeps_the_batch_and_is_called_again(
         assert len(versions(raw, store.bucket, item.key)) == 1
 
 
+@pytest.mark.integration
 def test_a_stored_copy_that_does_not_read_back_is_uploaded_again(
     store: S3ObjectStore, raw: Any, tmp_path: Path
 ) -> None:
@@ -227,6 +235,7 @@ def test_enqueue_refuses_what_it_cannot_keep_safely(tmp_path: Path) -> None:
     assert [b.capture_id for b in spool.pending()] == ["cap-1"]
 
 
+@pytest.mark.integration
 def test_only_one_sync_runs_at_a_time(store: S3ObjectStore, tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     capture_dir, items = capture(tmp_path)
@@ -234,8 +243,28 @@ def test_only_one_sync_runs_at_a_time(store: S3ObjectStore, tmp_path: Path) -> N
     fd = os.open(tmp_path / "spool" / ".sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as another process's sync would
-        busy = spool.sync(store)
+        busy = spool.sync(store, wait=False)
         assert busy.busy and not busy.ok and busy.remaining == ("cap-1",)
     finally:
         os.close(fd)
     assert spool.sync(store).ok
+
+
+@pytest.mark.integration
+def test_a_sync_that_waits_uploads_what_the_running_sync_left(store: S3ObjectStore, tmp_path: Path) -> None:
+    """A capture that finds another sync running waits for it, then uploads its own batch itself: the running
+    sync read the queue before the batch was added and would never upload it."""
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    (tmp_path / "spool").mkdir()
+    fd = os.open(tmp_path / "spool" / ".sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process's sync, which began before this batch existed
+    spool.enqueue("cap-1", capture_dir, items)
+    released = threading.Timer(1.0, os.close, (fd,))
+    released.start()
+    started = time.monotonic()
+    report = spool.sync(store)
+    released.join()
+    assert time.monotonic() - started >= 0.9  # it waited for the other sync instead of giving up
+    assert report.ok and not report.busy and report.completed == ("cap-1",)
+    assert spool.pending() == []

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from hashing import digest_file
 from storage import S3ObjectStore
+
+pytestmark = pytest.mark.integration  # a real SeaweedFS
 
 MiB = 1 << 20
 SIZE = 300 * MiB

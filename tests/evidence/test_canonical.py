@@ -1,7 +1,7 @@
 import pytest
 
 from evidence import UsageError
-from hashing.canonical import canonical_json
+from evidence.canonical import canonical_json
 
 
 def test_sorted_compact_utf8() -> None:

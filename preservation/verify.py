@@ -17,11 +17,7 @@ from typing import IO, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from capture.assemble import MANIFEST
-from capture.chain import verify_chain
-from capture.preserve import PRESERVATION, SIGNATURE, Preservation, object_key, preserved_files
-from capture.services import Services
-from custody.ledger import InclusionProof, checkpoint_body, verify_inclusion_proof
+from custody.proofs import InclusionProof, checkpoint_body, verify_inclusion_proof
 from evidence import (
     Artifact,
     Checkpoint,
@@ -29,10 +25,13 @@ from evidence import (
     EvidenceError,
     IntegrityError,
     Manifest,
+    PreservationRecord,
     TimestampRecord,
     TimestampStatus,
 )
+from evidence.layout import CHAIN_FILE, MANIFEST, PRESERVATION, SIGNATURE
 from hashing import digest_stream
+from hashing.chain import verify_chain
 from hashing.rfc3161 import verify_response
 from hashing.signing import issuing_root, verify_detached, verify_raw
 
@@ -81,7 +80,7 @@ class VerificationReport:
             raise error
 
 
-class _Source:
+class EvidenceSource:
     """Files of a capture, from an unpacked directory or inside a zip (streamed, never read whole)."""
 
     def __init__(self, directory: Path | None = None, archive: zipfile.ZipFile | None = None, root: str = "") -> None:
@@ -131,7 +130,7 @@ class _Source:
                     yield path.relative_to(self.directory).as_posix()
 
 
-def _sums(source: _Source, name: str) -> dict[str, str]:
+def _sums(source: EvidenceSource, name: str) -> dict[str, str]:
     listed: dict[str, str] = {}
     for line in source.read(name).decode("utf-8").splitlines():
         if line.strip():
@@ -146,7 +145,7 @@ def _sums(source: _Source, name: str) -> dict[str, str]:
     return listed
 
 
-def _check_sums(report: VerificationReport, source: _Source) -> None:
+def _check_sums(report: VerificationReport, source: EvidenceSource) -> None:
     for listing, index, label in (("SHA256SUMS", 1, "SHA-256"), ("SM3SUMS", 2, "SM3")):
         try:
             listed = _sums(source, listing)
@@ -164,7 +163,7 @@ def _check_sums(report: VerificationReport, source: _Source) -> None:
             report.run(f"{label} of file", path, check)
 
 
-def _check_manifest(report: VerificationReport, source: _Source, manifest: Manifest) -> None:
+def _check_manifest(report: VerificationReport, source: EvidenceSource, manifest: Manifest) -> None:
     for artifact in manifest.artifacts:
         def check(artifact: Artifact = artifact) -> str:
             if not source.exists(artifact.path):
@@ -194,7 +193,7 @@ def fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def _load_roots(source: _Source, *paths: str) -> list[x509.Certificate]:
+def _load_roots(source: EvidenceSource, *paths: str) -> list[x509.Certificate]:
     roots: list[x509.Certificate] = []
     for path in paths:
         if source.exists(path):
@@ -202,7 +201,7 @@ def _load_roots(source: _Source, *paths: str) -> list[x509.Certificate]:
     return roots
 
 
-def _check_signature(report: VerificationReport, source: _Source, trusted: list[x509.Certificate]) -> None:
+def _check_signature(report: VerificationReport, source: EvidenceSource, trusted: list[x509.Certificate]) -> None:
     def check() -> str:
         certificate = verify_detached(source.read(MANIFEST), source.read(SIGNATURE), trusted)
         return certificate.subject.rfc4514_string()
@@ -215,7 +214,7 @@ def _verify_token(tsr: bytes, *, digest: bytes, nonce: int, trust: Trust, hash_a
     """Verify one token; say whose it is by the root it actually chains to, never by what a record claims."""
     attempts: list[tuple[str, list[x509.Certificate]]] = [("local", trust.node_roots)]
     if trust.tsa_roots:
-        attempts.append(("external", trust.tsa_roots))
+        attempts.append(("external, root pinned by the verifier", trust.tsa_roots))
     elif fallback_roots:
         attempts.append(("external, root taken from the evidence (pin it with --tsa-ca)", fallback_roots))
     failures = []
@@ -234,7 +233,7 @@ def _verify_token(tsr: bytes, *, digest: bytes, nonce: int, trust: Trust, hash_a
     raise IntegrityError("; ".join(failures))
 
 
-def _check_token(report: VerificationReport, source: _Source, record: TimestampRecord, *, digest: bytes,
+def _check_token(report: VerificationReport, source: EvidenceSource, record: TimestampRecord, *, digest: bytes,
                  label: str, trust: Trust) -> bool:
     """Check one manifest token; True when it verified."""
     subject = record.response_path or record.tsa_url
@@ -254,12 +253,12 @@ def _check_token(report: VerificationReport, source: _Source, record: TimestampR
     return len(report.failures) == before
 
 
-def _check_chain(report: VerificationReport, source: _Source) -> None:
-    if not source.exists("chain.jsonl"):
+def _check_chain(report: VerificationReport, source: EvidenceSource) -> None:
+    if not source.exists(CHAIN_FILE):
         return
 
     def check() -> str:
-        text = source.read("chain.jsonl").decode("utf-8")
+        text = source.read(CHAIN_FILE).decode("utf-8")
         entries = [json.loads(line) for line in text.splitlines() if line.strip()]
 
         def actual(path: str) -> str | None:
@@ -270,17 +269,17 @@ def _check_chain(report: VerificationReport, source: _Source) -> None:
             raise IntegrityError("; ".join(problems))
         return f"{len(entries)} segments"
 
-    report.run("segment chain", "chain.jsonl", check)
+    report.run("segment chain", CHAIN_FILE, check)
 
 
-def _check_chain_tokens(report: VerificationReport, source: _Source, trust: Trust) -> None:
+def _check_chain_tokens(report: VerificationReport, source: EvidenceSource, trust: Trust) -> None:
     """Tokens taken while recording stamp the chain head after segment n (timestamps/chain-<n>.<i>.tsr)."""
-    if not source.exists("chain.jsonl"):
+    if not source.exists(CHAIN_FILE):
         return
     try:
-        entries = [json.loads(line) for line in source.read("chain.jsonl").decode().splitlines() if line.strip()]
+        entries = [json.loads(line) for line in source.read(CHAIN_FILE).decode().splitlines() if line.strip()]
     except (ValueError, UnicodeDecodeError) as exc:
-        report.checks.append(Check("segment chain timestamp", "chain.jsonl", False, f"unreadable: {exc}"))
+        report.checks.append(Check("segment chain timestamp", CHAIN_FILE, False, f"unreadable: {exc}"))
         return
     for name in sorted(n for n in source.names() if n.startswith("timestamps/chain-") and n.endswith(".tsr")):
         n = int(PurePosixPath(name).name.split(".")[0].removeprefix("chain-"))
@@ -308,14 +307,14 @@ def _request_nonce(tsq: bytes) -> int:
     return int(nonce)
 
 
-def _check_custody(report: VerificationReport, source: _Source, capture_id: str, trust: Trust) -> None:
+def _check_custody(report: VerificationReport, source: EvidenceSource, capture_id: str, trust: Trust) -> None:
     try:
         _check_custody_files(report, source, capture_id, trust)
     except (EvidenceError, ValueError, KeyError, OSError) as exc:
         report.checks.append(Check("custody records readable", "custody/", False, str(exc)))
 
 
-def _check_custody_files(report: VerificationReport, source: _Source, capture_id: str, trust: Trust) -> None:
+def _check_custody_files(report: VerificationReport, source: EvidenceSource, capture_id: str, trust: Trust) -> None:
     if not source.exists("custody/entries.jsonl"):
         report.checks.append(Check("custody entries", "custody/entries.jsonl", False, "missing"))
         return
@@ -341,9 +340,10 @@ def _check_custody_files(report: VerificationReport, source: _Source, capture_id
             if not stamp.response_path or stamp.nonce is None:
                 raise IntegrityError("the checkpoint's timestamp record names no token or nonce")
             token = f"custody/{PurePosixPath(stamp.response_path).name}"
+            chain = [f"custody/{PurePosixPath(stamp.chain_path).name}"] if stamp.chain_path else []
             digest = hashlib.sha256(checkpoint_body(checkpoint)).digest()
             return _verify_token(source.read(token), digest=digest, nonce=stamp.nonce, trust=trust,
-                                 claimed_local=stamp.local_tsa)
+                                 claimed_local=stamp.local_tsa, fallback_roots=_load_roots(source, *chain))
         report.run("custody checkpoint timestamp", "custody/checkpoint", check_checkpoint_time)
     manifest_sha256 = hashlib.sha256(source.read(MANIFEST)).hexdigest()
     signature_sha256 = hashlib.sha256(source.read(SIGNATURE)).hexdigest() if source.exists(SIGNATURE) else None
@@ -373,7 +373,7 @@ def _check_custody_files(report: VerificationReport, source: _Source, capture_id
         report.run("custody entry in signed tree", f"entry {entry.seq}", check)
 
 
-def _verify_source(report: VerificationReport, source: _Source, trust: Trust) -> Manifest | None:
+def verify_source(report: VerificationReport, source: EvidenceSource, trust: Trust) -> Manifest | None:
     try:
         manifest = Manifest.model_validate_json(source.read(MANIFEST))
     except (OSError, KeyError, ValueError) as exc:
@@ -381,7 +381,7 @@ def _verify_source(report: VerificationReport, source: _Source, trust: Trust) ->
         return None
     preservation = None
     if source.exists(PRESERVATION):
-        preservation = Preservation.from_json(json.loads(source.read(PRESERVATION)))
+        preservation = PreservationRecord.model_validate(json.loads(source.read(PRESERVATION)))
     _check_manifest(report, source, manifest)
     for root in trust.node_roots:
         origin = "pinned by the verifier" if trust.node_pinned else (
@@ -392,7 +392,7 @@ def _verify_source(report: VerificationReport, source: _Source, trust: Trust) ->
     _check_signature(report, source, trust.node_roots)
     manifest_digest = hashlib.sha256(source.read(MANIFEST)).digest()
     if preservation is not None:
-        if preservation.manifest.get("sha256") != manifest_digest.hex():
+        if preservation.manifest.sha256 != manifest_digest.hex():
             report.checks.append(Check("preservation record", PRESERVATION, False,
                                        "its manifest digest differs from manifest.json"))
         granted = [_check_token(report, source, record, digest=manifest_digest, label=f"manifest timestamp {index}",
@@ -429,66 +429,13 @@ def verify_package(package: Path, *, trusted_ca: Path | None = None,
             report.checks.append(Check("package layout", str(package), False, "expected one top-level folder"))
             report.raise_for_failures()
         root = roots.pop()
-        source = _Source(archive=archive, root=root)
+        source = EvidenceSource(archive=archive, root=root)
         _check_sums(report, source)
         trust = Trust(node_roots=pinned if pinned is not None else _load_roots(source, "certs/local-ca.pem"),
                       node_pinned=pinned is not None, tsa_roots=tsa_roots)
         report.origin_pinned = trust.node_pinned
-        manifest = _verify_source(report, source, trust)
+        manifest = verify_source(report, source, trust)
         if manifest is not None:
             _check_custody(report, source, manifest.capture_id, trust)
-    report.raise_for_failures()
-    return report
-
-
-def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
-    """Online: the local files, every stored object re-read by version, and the whole custody ledger."""
-    report = VerificationReport(target=str(capture_dir))
-    source = _Source(directory=capture_dir)
-    tsa_roots = [root for entry in services.timestamper.entries if not entry.local for root in entry.roots]
-    trust = Trust(node_roots=[services.pki.ca_certificate()], node_pinned=True, tsa_roots=tsa_roots)
-    report.origin_pinned = True
-    manifest = _verify_source(report, source, trust)
-    if manifest is None:
-        report.raise_for_failures()
-        return report
-    preservation = Preservation.load(capture_dir)
-    expected_keys = {object_key(manifest.capture_id, path) for path, _media in
-                     preserved_files(capture_dir, manifest, preservation)}
-    missing = sorted(expected_keys - set(preservation.stored))
-    report.checks.append(Check("stored in WORM store", manifest.capture_id, not missing,
-                               f"{len(missing)} file(s) not stored yet (run `wz sync`): {', '.join(missing[:3])}"
-                               if missing else f"all {len(expected_keys)} files stored"))
-    recorded = {object_key(manifest.capture_id, a.path): a.digests for a in manifest.artifacts}
-    store = None
-    try:
-        store = services.store()
-    except EvidenceError as exc:
-        report.checks.append(Check("object store reachable", services.settings.s3_endpoint or "embedded", False,
-                                   str(exc)))
-    if store is not None:
-        for key, stored in sorted(preservation.stored.items()):
-            def check(stored: Any = stored, key: str = key) -> str:
-                if key in recorded and stored.digests != recorded[key]:
-                    raise IntegrityError(f"{key}: the stored version's digests are not the manifest's")
-                verified = store.verify(stored)
-                until = f"{verified.retain_until:%Y-%m-%d}"
-                return f"version {verified.version_id}, {verified.retention_mode} until {until}"
-            report.run("object re-read by version", key, check)
-
-    def ledger() -> str:
-        size, root = services.ledger.verify(services.verify_checkpoint)
-        return f"{size} entries, root {root.hex()}"
-
-    report.run("custody ledger", services.settings.ledger_url.split("@")[-1], ledger)
-    subject_entries = services.ledger.entries(subject=manifest.capture_id)
-    report.checks.append(Check("custody entries for capture", manifest.capture_id, bool(subject_entries),
-                               f"{len(subject_entries)} entries: " + ", ".join(e.action for e in subject_entries)))
-    # The verification itself is an action on the evidence: it goes on the record, passed or not.
-    services.ledger.append(services.actor, "verified", manifest.capture_id, {
-        "ok": report.ok, "checks": len(report.checks),
-        "failed": [f"{c.name} [{c.subject}]" for c in report.failures][:20],
-        "objects_reread": sum(1 for c in report.checks if c.name == "object re-read by version"),
-    })
     report.raise_for_failures()
     return report

@@ -6,13 +6,20 @@ import re
 from pathlib import Path
 
 from evidence import UsageError
+from evidence.files import write_text_atomic
 
 _ID = re.compile(r"^wz-\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
+def is_capture_id(text: str) -> bool:
+    return bool(_ID.match(text))
+
+
 def register(registry_dir: Path, capture_id: str, capture_dir: Path) -> None:
+    if not _ID.match(capture_id):
+        raise UsageError(f"not a capture id: {capture_id!r}")
     registry_dir.mkdir(parents=True, exist_ok=True)
-    (registry_dir / capture_id).write_text(str(capture_dir.resolve()), encoding="utf-8")
+    write_text_atomic(registry_dir / capture_id, str(capture_dir.resolve()))
 
 
 def locate(registry_dir: Path, capture_id: str) -> Path:

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from evidence import UsageError
+from evidence.errors import UsageError
 
 
 def _check(value: Any, path: str = "$") -> None:

@@ -330,7 +330,7 @@ def test_an_interrupted_preservation_is_finished_by_the_next_command(demo_server
     record_path = tmp_path / "c" / "preservation.json"
     record = json.loads(record_path.read_text())
     # As if the process had died right after signing: no token yet, nothing stored, not complete.
-    record.update({"done": ["captured", "hashed", "signed"], "timestamps": [], "stored": {}, "complete": False})
+    record.update({"done": ["captured", "hashed", "signed"], "timestamps": [], "stored": [], "complete": False})
     record_path.write_text(json.dumps(record))
     result = wz(["custody", "verify"], env)
     assert result.returncode == 0, result.stderr
@@ -352,7 +352,8 @@ def test_legal_hold_per_capture_and_per_case(preserved: tuple[dict[str, Any], Pa
     record = json.loads((directory / "preservation.json").read_text())
     client = Minio(env["WZ_S3_ENDPOINT"], access_key=env["WZ_S3_ACCESS_KEY"], secret_key=env["WZ_S3_SECRET_KEY"],
                    secure=False)
-    key, stored = sorted(record["stored"].items())[0]
+    stored = record["stored"][0]
+    key = stored["key"]
     assert stored["legal_hold"] is True
     assert client.is_object_legal_hold_enabled(env["WZ_S3_BUCKET"], key, version_id=stored["version_id"])
     off = wz(["legal-hold", "off", "--capture", summary["capture_id"]], env)

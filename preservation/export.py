@@ -17,13 +17,13 @@ import hashlib
 import zipfile
 from pathlib import Path
 
-from capture.assemble import MANIFEST, load_manifest
-from capture.preserve import PRESERVATION, Preservation, preserved_files
-from capture.services import Services
-from custody.ledger import checkpoint_body, entry_bytes
-from evidence import DigestMismatch, EvidenceError, UsageError
+from custody.proofs import checkpoint_body, entry_bytes
+from evidence import CustodyAction, DigestMismatch, EvidenceError, UsageError
+from evidence.canonical import canonical_json
+from evidence.layout import MANIFEST, PRESERVATION, has_preservation, load_manifest, load_preservation
 from hashing import digest_file
-from hashing.canonical import canonical_json
+from preservation.record import preserved_files
+from preservation.services import Services
 
 CHUNK = 1 << 20
 VERIFY_TEMPLATE = Path(__file__).with_name("VERIFY.md.in")
@@ -66,18 +66,18 @@ def export_capture(services: Services, capture_dir: Path, output: Path) -> Path:
     """Write the package; records an `exported` custody entry and a fresh checkpoint that covers it."""
     if output.exists():
         raise UsageError(f"{output} exists; choose another file name")
-    if not (capture_dir / PRESERVATION).exists():
+    if not has_preservation(capture_dir):
         raise EvidenceError(f"{capture_dir} has no preservation record yet; run `wz sync` or capture again")
     manifest = load_manifest(capture_dir)
-    preservation = Preservation.load(capture_dir)
+    preservation = load_preservation(capture_dir)
     root = manifest.capture_id
     ledger = services.ledger
-    ledger.append(services.actor, "exported", manifest.capture_id, {"package": output.name})
+    ledger.append(services.actor, CustodyAction.EXPORTED, manifest.capture_id, {"package": output.name})
     checkpoint = services.checkpoint()
     entries = ledger.entries(subject=manifest.capture_id)
     proofs = [ledger.inclusion_proof(e.seq, checkpoint.tree_size) for e in entries if e.seq <= checkpoint.tree_size]
     expected = {a.path: a.digests.sha256 for a in manifest.artifacts}
-    expected[MANIFEST] = str(preservation.manifest["sha256"])
+    expected[MANIFEST] = preservation.manifest.sha256
     sums = _Sums()
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
@@ -114,6 +114,6 @@ def export_capture(services: Services, capture_dir: Path, output: Path) -> Path:
     partial.replace(output)
     size, digests = digest_file(output)
     # The package's own digests go on the record after it is written (they cannot be inside it).
-    ledger.append(services.actor, "export-written", manifest.capture_id,
+    ledger.append(services.actor, CustodyAction.EXPORT_WRITTEN, manifest.capture_id,
                   {"package": output.name, "size": size, "sha256": digests.sha256, "sm3": digests.sm3})
     return output

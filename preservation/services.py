@@ -13,13 +13,13 @@ from types import TracebackType
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from capture.registry import locate
 from custody.ledger import Ledger
 from evidence import Checkpoint, Settings, TimestampRecord, TimestampStatus
 from hashing.pki import LocalPki
 from hashing.rfc3161 import HttpTimestamper, TsaEntry, external_tsa_entries, retry_pending
 from hashing.signing import LocalSigner, Signer, verify_raw
 from hashing.tsa import LocalTsa
+from preservation.registry import locate
 from storage.s3 import ObjectStore, store_from_settings
 from storage.spool import Spool
 
