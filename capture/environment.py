@@ -161,8 +161,13 @@ def collect_provenance(
     options: dict[str, Any],
     operator: str,
     case_id: str | None,
+    dns: dict[str, tuple[str, ...]] | None = None,
+    dns_errors: dict[str, str] | None = None,
 ) -> Provenance:
-    dns, dns_errors = resolve_hosts(urls)
+    """The environment of a capture. `dns` is what the capture itself resolved (its egress proxy pins each answer);
+    without it (recovery) the hosts are looked up now, which is said in the options."""
+    if dns is None:
+        dns, dns_errors = resolve_hosts(urls)
     resolv = Path("/etc/resolv.conf")
     return Provenance(
         tool="wangzheng",
@@ -183,7 +188,7 @@ def collect_provenance(
         etc_hosts_sha256=_sha256_of(Path("/etc/hosts")),
         resolv_conf=resolv.read_text() if resolv.exists() else None,
         dns=dns,
-        dns_errors=dns_errors,
+        dns_errors=dns_errors or {},
         clock=check_clock(settings.ntp_server, settings.ntp_timeout_seconds),
         timezone=time.strftime("%Z%z"),
         browser_profile="a fresh, empty Chromium profile per tile, no extensions, deleted after the capture",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Playwright, async_playwright
@@ -27,10 +28,12 @@ from capture.audio import AudioServer
 from capture.browser import TileBrowser, TileFailure, chromium_flags
 from capture.chain import SegmentChain, Stamp
 from capture.display import VirtualDisplay
+from capture.egress import EgressProxy
 from capture.environment import check_components, collect_provenance, resolve_chromium
 from capture.journal import Journal
 from capture.layout import build_layout
 from capture.recorders import AudioRecorder, Recorder, ScreenRecorder, StreamCopier
+from capture.targets import Resolver, Target, TargetPolicy, parse_target, resolve_target, system_resolver
 from capture.trust import describe, install_browser_roots, load_extra_roots
 from evidence import (
     CaptureError,
@@ -79,8 +82,14 @@ class CaptureJob:
         *,
         stamp: Stamp | None = None,
         on_created: Callable[[str, Path], None] | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.request = request
+        self.policy = TargetPolicy.from_settings(settings.capture_allow_networks, settings.capture_allow_private)
+        self.egress = EgressProxy(self.policy, resolver=resolver, on_refused=self._refused)
+        self._resolver = resolver
+        self.targets: dict[int, Target] = {}
+        self.target_refusals: dict[int, str] = {}
         self._stamp = stamp
         self._on_created = on_created
         self.settings = settings
@@ -183,16 +192,20 @@ class CaptureJob:
             "load_timeout_seconds": settings.load_timeout_seconds,
             "max_duration_seconds": settings.max_duration_seconds,
             "stream_copy": settings.stream_copy,
-            "allow_private_targets": settings.capture_allow_private,
+            "network": {**self.policy.describe(),
+                        "egress": "every request of the browsers and stream copies went through the capture's "
+                                  "proxy, which resolved each host once and connected to the checked addresses"},
             "extra_trusted_roots": [describe(root) for root in extra_roots],
         }
+        # Per-tile values (window position, profile, the tile's proxy port) are in each tile's page.json.
         common_flags = [f for f in chromium_flags(self.layout.tiles[0].rect, Path("/"))
-                        if not f.startswith(("--window-position", "--user-data-dir"))]
-        # NTP and DNS can take seconds; they run while the display and browsers start.
+                        if not f.startswith(("--window-position", "--user-data-dir", "--proxy-server"))]
+        await self._resolve_targets()
+        # NTP can take seconds; it runs while the display and browsers start.
         provenance_task = asyncio.create_task(asyncio.to_thread(
             collect_provenance, settings, urls=list(self.request.urls), components=components,
             launch_flags=common_flags, options=options, operator=self.request.operator,
-            case_id=self.request.case_id,
+            case_id=self.request.case_id, dns={}, dns_errors={},
         ))
         display = VirtualDisplay(self.layout.width, self.layout.height, xvfb=settings.xvfb,
                                  log=self.capture_dir / "logs" / "xvfb.log")
@@ -262,7 +275,7 @@ class CaptureJob:
         finally:
             await self._teardown(display, audio)
         provenance = await provenance_task
-        provenance = self._with_user_agent(provenance)
+        provenance = self._with_network(self._with_user_agent(provenance))
         self.journal.update(provenance=provenance.model_dump(mode="json"), phase="finalizing")
         tile_results = self._tile_results()
         with self.step(StepName.FINALIZE) as notes:
@@ -312,9 +325,15 @@ class CaptureJob:
                       number: int) -> None:
         tile_layout = self.layout.tile(number)
         env = {**audio.env(), "DISPLAY": display.name, "PULSE_SINK": audio.sinks[number]}
+        proxy = await self.egress.listen(number)
         tile = TileBrowser(number, tile_layout.url, tile_layout.rect, self.capture_dir / "tiles" / str(number),
-                           chromium=chromium, env=env, on_media=self._media_seen)
+                           chromium=chromium, env=env, on_media=self._media_seen, proxy_port=proxy,
+                           addresses=self.egress.addresses)
         self.tiles[number] = tile
+        if number in self.target_refusals:
+            tile.fail(self.target_refusals[number])
+            self._tile_event(tile)
+            return
         try:
             await tile.launch(playwright, self.capture_dir / "logs" / f"chromium{number}.log")
         except (TileFailure, EvidenceError, PlaywrightError) as exc:
@@ -334,6 +353,7 @@ class CaptureJob:
                 tile.write_page_info()
                 return
             await tile.load(self.settings.load_timeout_seconds)
+            self._explain_refusal(tile)
             self._tile_event(tile)
             if tile.status == TileStatus.RECORDING:
                 problems = await tile.snapshot("start")
@@ -370,7 +390,7 @@ class CaptureJob:
             tile=tile.tile, index=sum(1 for s in self.streams if s.tile == tile.tile) + 1, url=url,
             directory=tile.directory / "streams", referer=tile.final_url or tile.url, user_agent=tile.user_agent,
             cookies="", ffmpeg_path=self.settings.ffmpeg,
-            log=self.capture_dir / "logs" / f"stream{tile.tile}.log",
+            log=self.capture_dir / "logs" / f"stream{tile.tile}.log", proxy=self.egress.url(tile.tile),
         )
         self.streams.append(copier)
 
@@ -509,8 +529,49 @@ class CaptureJob:
         for copier in self.streams:
             await asyncio.to_thread(copier.stop)
         await asyncio.gather(*(tile.close() for tile in self.tiles.values()), return_exceptions=True)
+        await self.egress.close()
         audio.close()
         display.close()
+
+    # -- the network rule ------------------------------------------------------------------------
+
+    async def _resolve_targets(self) -> None:
+        """Check every tile's URL (resolving each host once) and pin the answers the browsers will use."""
+        for tile in self.layout.tiles:
+            try:
+                target = await asyncio.to_thread(resolve_target, parse_target(tile.url), self.policy,
+                                                 self._resolver)
+            except EvidenceError as exc:
+                self.target_refusals[tile.tile] = str(exc)
+                continue
+            self.targets[tile.tile] = target
+            self.egress.pin(target.host, target.addresses)
+
+    def _refused(self, tile: int, what: str, reason: str) -> None:
+        browser = self.tiles.get(tile)
+        if browser is not None:
+            browser.event("request-refused", target=what, reason=reason)
+
+    def _explain_refusal(self, tile: TileBrowser) -> None:
+        """A page the network rule refused fails with the rule's reason, not only the browser's error name."""
+        if tile.status != TileStatus.FAILED:
+            return
+        host = urlsplit(tile.final_url or tile.url).hostname or ""
+        refusal = self.egress.refusal_for(tile.tile, host)
+        if refusal and "refused" not in tile.reason:
+            tile.reason = f"refused by the capture's network rule: {refusal} ({tile.reason})"
+            return
+        unreachable = self.egress.unreachable_for(tile.tile, host)
+        if unreachable:
+            # The browser saw the proxy's 502; the proxy knows why the site was not reached.
+            tile.reason = f"the site could not be reached: {unreachable}"
+
+    def _with_network(self, provenance: Provenance) -> Provenance:
+        """The DNS answers the capture used (each host resolved once, by the egress proxy) and what it refused."""
+        dns = {host: tuple(addresses) for host, addresses in self.egress.pinned().items()}
+        errors = {str(r["host"]): str(r["reason"]) for r in self.egress.refusals}
+        errors.update({self.layout.tile(n).url: reason for n, reason in self.target_refusals.items()})
+        return provenance.model_copy(update={"dns": dns, "dns_errors": errors})
 
     def _with_user_agent(self, provenance: Provenance) -> Provenance:
         agents = sorted({t.user_agent for t in self.tiles.values() if t.user_agent})

@@ -239,9 +239,11 @@ class StreamCopier(_FfmpegRecorder):
         cookies: str,
         ffmpeg_path: str,
         log: Path,
+        proxy: str,
     ) -> None:
         super().__init__(ffmpeg_path, log)
         self.name = f"stream-{tile}-{index}"
+        self.proxy = proxy  # the tile's egress proxy: the copy reaches only what the page was allowed to
         self.tile = tile
         self.url = url
         self.directory = directory
@@ -255,7 +257,7 @@ class StreamCopier(_FfmpegRecorder):
         headers = f"Referer: {self.referer}\r\n"
         if self.cookies:
             headers += f"Cookie: {self.cookies}\r\n"
-        options: dict[str, object] = {"headers": headers, "rw_timeout": 15_000_000}
+        options: dict[str, object] = {"headers": headers, "rw_timeout": 15_000_000, "http_proxy": self.proxy}
         if self.user_agent:
             options["user_agent"] = self.user_agent
         out = ffmpeg.output(ffmpeg.input(self.url, **options), str(self.output), map="0", c="copy", f="matroska")

@@ -1,7 +1,8 @@
 """The `wz` command.
 
-Exit codes: 0 complete; 3 partial (some tiles failed, or the capture was interrupted);
-2 usage error; 1 nothing captured or another failure.
+Exit codes: 0 complete and preserved; 4 recorded completely, preservation pending (a timestamp or an upload
+waits; `wz sync` / `wz timestamp --pending`, or any later command, finishes it); 3 partial (some tiles failed, or
+the capture was interrupted); 2 usage error; 1 nothing captured or another failure.
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ from typing import NoReturn, TextIO
 from pydantic import ValidationError
 
 from capture.job import CaptureJob
+from capture.layout import build_layout
 from capture.recovery import recover_interrupted
-from capture.targets import MAX_TILES, validate_targets
+from capture.targets import MAX_TILES, TargetPolicy, validate_targets
 from evidence import (
     CaptureEvent,
     CaptureRequest,
     CaptureStatus,
     ConfigurationError,
+    CustodyAction,
     EventKind,
     EvidenceError,
     IntegrityError,
     Manifest,
     PreservationRecord,
     Settings,
+    StorageError,
     UsageError,
 )
 from evidence.layout import has_manifest, load_manifest
@@ -43,7 +47,8 @@ from preservation.export import export_capture
 from preservation.maintenance import catch_up, preserve_recovered, survey
 from preservation.online import verify_capture
 from preservation.preserve import Preserver
-from preservation.registry import known, locate, register
+from preservation.record import pending_chain_requests, preservation_state
+from preservation.registry import is_capture_id, known, locate, register
 from preservation.services import Services
 from preservation.verify import VerificationReport, verify_package
 from storage.seaweed import EmbeddedSeaweed
@@ -52,6 +57,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_PRESERVATION_PENDING = 4  # recorded completely; not everything is timestamped and in WORM storage yet
 STATUS_EXIT = {CaptureStatus.COMPLETE: EXIT_OK, CaptureStatus.PARTIAL: EXIT_PARTIAL, CaptureStatus.FAILED: EXIT_FAILED}
 
 
@@ -109,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = custody_commands.add_parser("show", help="print a capture's custody entries")
     show.add_argument("capture_id")
     show.add_argument("--json", action="store_true")
-    custody_commands.add_parser("verify", help="recompute the whole ledger: hashes, chain, Merkle tree, checkpoints")
+    custody_commands.add_parser("verify", help="recompute the whole ledger (hashes, chain, Merkle tree, checkpoints) "
+                                               "and check it against every checkpoint in WORM storage")
+    restore = custody_commands.add_parser(
+        "restore-guards", help="put back the ledger's append-only triggers after tampering was investigated")
+    restore.add_argument("--reason", required=True, help="why (recorded in the custody ledger)")
 
     hold = commands.add_parser("legal-hold", help="set or release S3 legal hold on a capture or a whole case")
     hold.add_argument("state", choices=["on", "off"])
@@ -126,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("target", help="PACKAGE.zip or a capture id")
     verify.add_argument("--ca", type=Path, help="pin the capturing node's CA (PEM) instead of the package's own")
     verify.add_argument("--tsa-ca", type=Path, help="pin the roots (PEM) of external TSAs")
+    verify.add_argument("--checkpoint", type=Path, help="a custody checkpoint you kept (custody/checkpoint.json of "
+                                                        "an earlier package): the package's history must contain it")
     verify.add_argument("--json", action="store_true")
     return parser
 
@@ -209,15 +221,20 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
         seaweed.stop()
         _say("embedded SeaweedFS stopped" if was_running else "embedded SeaweedFS was not running")
         return EXIT_OK
-    if args.command == "verify" and args.target.endswith(".zip"):
+    if args.command == "verify" and not is_capture_id(args.target):
         target = Path(args.target)
-        return _print_verification(lambda: verify_package(target, trusted_ca=args.ca, tsa_ca=args.tsa_ca), args.json)
+        if not target.is_file() and target.suffix.lower() != ".zip":
+            raise UsageError(f"{args.target!r} is neither a package file (PACKAGE.zip) nor a capture id "
+                             "(wz-YYYYMMDDTHHMMSSZ-xxxxxx)")
+        return _print_verification(lambda: verify_package(target, trusted_ca=args.ca, tsa_ca=args.tsa_ca,
+                                                          known_checkpoint=args.checkpoint), args.json)
     with Services(settings) as services:
         preserver = Preserver(services, report=_say)
         if args.command == "timestamp":
             left = 0
             for directory in survey(settings, _say).pending_tokens:
                 left += len(preserver.retry_timestamps(directory).pending_timestamps)
+                left += len(pending_chain_requests(directory))
             _say(f"{left} timestamp(s) still pending")
             return EXIT_OK if left == 0 else EXIT_FAILED
         if args.command == "sync":
@@ -226,8 +243,25 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK if left == 0 else EXIT_FAILED
         if args.command == "custody":
             if args.custody_command == "verify":
-                size, root = services.ledger.verify(services.verify_checkpoint)
-                print(f"custody ledger OK: {size} entries, root {root.hex()}")
+                try:
+                    verified = services.verify_custody()
+                except StorageError as exc:
+                    size, root = services.ledger.verify(services.verify_checkpoint)
+                    print(f"custody ledger NOT VERIFIED against WORM storage: the database holds {size} entries "
+                          f"(root {root.hex()}) and recomputes, but the checkpoints kept in WORM storage could not "
+                          f"be read: {exc}")
+                    return EXIT_FAILED
+                print(f"custody ledger OK: {verified.describe()}")
+                return EXIT_OK
+            if args.custody_command == "restore-guards":
+                restored = services.ledger.restore_guards()
+                if not restored:
+                    _say("every append-only guard is in place; nothing was changed")
+                    return EXIT_OK
+                services.record(CustodyAction.GUARDS_RESTORED, "custody-ledger",
+                                {"restored": restored, "reason": args.reason})
+                services.checkpoint()
+                _say(f"restored {', '.join(restored)}; run `wz custody verify` to see whether anything was changed")
                 return EXIT_OK
             locate(settings.registry_dir, args.capture_id)
             entries = services.ledger.entries(subject=args.capture_id)
@@ -284,26 +318,70 @@ def _print_verification(run: Callable[[], VerificationReport], as_json: bool) ->
         if report.ok and not report.origin_pinned:
             print("ORIGIN NOT PINNED: integrity holds against the package's own CA; compare the trust anchor's "
                   "fingerprint above with the one the capturing node published, or verify again with --ca")
+        if report.ok and not report.tsa_pinned:
+            print(f"TSA NOT PINNED: the tokens of {', '.join(sorted(report.unpinned_tsas))} verify only against "
+                  "roots shipped in the package, which a forger could have made; verify again with --tsa-ca and "
+                  "the TSA's published root to prove their time")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def run_capture(args: argparse.Namespace, settings: Settings) -> int:
-    urls = validate_targets(list(args.urls), allow_private=settings.capture_allow_private)
+_SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _check_out(out: Path) -> None:
+    """--out must become a capture directory of its own: a new or empty directory, never a file or a system tree."""
+    resolved = out.resolve()
+    for tree in _SYSTEM_TREES:
+        if resolved == tree or resolved.is_relative_to(tree):
+            raise UsageError(f"--out {out} is inside {tree}, which holds the system's own files; give a directory "
+                             "for the capture")
+    if resolved.exists():
+        if not resolved.is_dir():
+            raise UsageError(f"--out {out} is a file; give a new or empty directory")
+        if any(resolved.iterdir()):
+            raise UsageError(f"--out {out} is not empty; give a new or empty directory")
+        if not os.access(resolved, os.W_OK):
+            raise UsageError(f"--out {out} is not writable")
+        return
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {out} cannot be created: {parent} is not a writable directory")
+
+
+def prepare_capture(args: argparse.Namespace, settings: Settings) -> CaptureRequest:
+    """Every argument checked before anything starts (no store, no browser, no waiting)."""
+    if len(args.urls) > MAX_TILES:
+        raise UsageError(f"at most {MAX_TILES} URLs can be recorded at once, {len(args.urls)} given")
     if args.duration is not None and args.duration > settings.max_duration_seconds:
         raise UsageError(f"--duration {args.duration:g} is over the maximum of {settings.max_duration_seconds:g} s "
                          "(WZ_MAX_DURATION_SECONDS)")
     if not 1 <= args.fps <= 30:
         raise UsageError(f"--fps must be 1 to 30, not {args.fps}")
-    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
-        raise UsageError(f"--out {args.out} is not empty; give a new or empty directory")
-    operator = args.operator or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
-    try:
-        request = CaptureRequest(
-            urls=tuple(urls), duration_seconds=args.duration, out_dir=str(args.out) if args.out else None,
-            fps=args.fps, layout=args.layout, case_id=args.case_id, operator=operator,
-        )
-    except ValidationError as exc:
-        raise UsageError(exc.errors()[0]["msg"]) from exc
+    build_layout(list(args.urls), spec=args.layout, fps=args.fps)
+    if args.out is not None:
+        _check_out(args.out)
+    operator = args.operator if args.operator is not None else (
+        os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown")
+
+    def request(urls: tuple[str, ...]) -> CaptureRequest:
+        try:
+            return CaptureRequest(urls=urls, duration_seconds=args.duration,
+                                  out_dir=str(args.out) if args.out else None, fps=args.fps, layout=args.layout,
+                                  case_id=args.case_id, operator=operator)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = {"case_id": "--case", "operator": "--operator"}.get(str(error["loc"][0]), str(error["loc"][0]))
+            raise UsageError(f"{field}: {error['msg'].removeprefix('Value error, ')}") from exc
+
+    request(tuple(args.urls))  # the names and numbers first: they need no network
+    policy = TargetPolicy.from_settings(settings.capture_allow_networks, settings.capture_allow_private)
+    targets = validate_targets(list(args.urls), policy=policy)
+    return request(tuple(t.url for t in targets))
+
+
+def run_capture(request: CaptureRequest, settings: Settings, as_json: bool) -> int:
     services = Services(settings)
     job = CaptureJob(request, settings, on_event=ProgressPrinter(sys.stderr), stamp=services.timestamper.stamp,
                      on_created=functools.partial(register, settings.registry_dir))
@@ -314,19 +392,28 @@ def run_capture(args: argparse.Namespace, settings: Settings) -> int:
         loop.add_signal_handler(signal.SIGTERM, job.request_stop, "interrupted by SIGTERM")
         return await job.run()
 
-    print(f"wz: capture {job.capture_id} of {len(urls)} page(s) into {job.capture_dir}", file=sys.stderr)
+    print(f"wz: capture {job.capture_id} of {len(request.urls)} page(s) into {job.capture_dir}", file=sys.stderr)
     with services:
         manifest = asyncio.run(main())
-        preservation = Preserver(services, report=_say).preserve(job.capture_dir)
+        record = Preserver(services, report=_say).preserve(job.capture_dir)
+    state = preservation_state(job.capture_dir, manifest, record)
     result = summary(manifest, job.capture_dir)
-    result["preservation"] = preservation_summary(preservation)
+    result["preservation"] = preservation_summary(record) | {"preserved": state.preserved,
+                                                             "files_stored": state.stored,
+                                                             "files_to_store": state.expected,
+                                                             "not_yet": list(state.missing)}
     print(f"wz: {manifest.status.value}: {job.capture_dir / 'manifest.json'}", file=sys.stderr)
     for tile in manifest.tiles:
         print(f"wz:   tile {tile.tile} {tile.status.value:8} {tile.url}"
               + (f"  ({tile.reason})" if tile.reason else ""), file=sys.stderr)
-    if args.json:
+    for line in state.lines():
+        _say(line)
+    if as_json:
         print(json.dumps(result, ensure_ascii=False))
-    return STATUS_EXIT[manifest.status]
+    code = STATUS_EXIT[manifest.status]
+    if code == EXIT_OK and not state.preserved:
+        return EXIT_PRESERVATION_PENDING
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,13 +439,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command in ("verify", "services"):
             return run_integrity(args, settings)
+        request = prepare_capture(args, settings) if args.command == "capture" else None
         _recover(settings)
-        catch_up(settings, _say)
-        if args.command != "capture":
+        catch_up(settings, _say, tokens=args.command != "timestamp", spool=args.command != "sync")
+        if request is None:
             return run_integrity(args, settings)
-        if len(args.urls) > MAX_TILES:
-            raise UsageError(f"at most {MAX_TILES} URLs can be recorded at once, {len(args.urls)} given")
-        return run_capture(args, settings)
+        return run_capture(request, settings, args.json)
     except (UsageError, ConfigurationError) as exc:
         print(f"wz: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -368,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wz: interrupted", file=sys.stderr)
         return EXIT_PARTIAL
+    except BrokenPipeError:
+        # Whoever read our output stopped reading (`wz custody show ID | head`): nothing more to say. Further
+        # writes, including the interpreter's final flush, go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except Exception as exc:  # the last line of defence: one line, never a traceback
         print(f"wz: unexpected error ({type(exc).__name__}): {exc}; details: run with WZ_DEBUG=1",
               file=sys.stderr)

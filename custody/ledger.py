@@ -23,10 +23,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,8 +84,6 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 60.0
 _PG_SCHEMA_LOCK = 0x5A43555354_4F4459
 # Execution option that makes the SQLite "begin" hook take the write lock up front (BEGIN IMMEDIATE).
 _WRITE = "wz_custody_write"
-_TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 _metadata = MetaData()
 
@@ -115,41 +112,75 @@ CHECKPOINTS = Table(
     Column("timestamp", Text, nullable=True),
 )
 
-_SQLITE_GUARDS = [
-    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
-    f"BEGIN SELECT RAISE(ABORT, 'custody ledger table {table} is append-only: {op} refused'); END"
-    for table in (ENTRIES.name, CHECKPOINTS.name)
-    for op in ("UPDATE", "DELETE")
-]
+META = Table(
+    "custody_meta",
+    _metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# The database's own refusal of anything but appending in order. Version 2 added the insert rules: an entry must
+# take the next seq and link to the last entry (SQLite's INSERT OR REPLACE deleted a row without firing the
+# DELETE trigger), and a checkpoint's size cannot be taken twice.
+GUARDS_VERSION = "2"
+_REFUSE = "SELECT RAISE(ABORT, 'custody ledger table {table} is append-only: {op} refused')"
+_SQLITE_GUARDS: dict[str, str] = {
+    **{f"{table}_no_{op.lower()}": f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                                   f"BEGIN {_REFUSE.format(table=table, op=op)}; END"
+       for table in ("custody_entries", "custody_checkpoints") for op in ("UPDATE", "DELETE")},
+    "custody_entries_in_order": (
+        "CREATE TRIGGER custody_entries_in_order BEFORE INSERT ON custody_entries "
+        "WHEN NEW.seq != (SELECT COALESCE(MAX(seq), 0) + 1 FROM custody_entries) "
+        "OR NEW.prev_hash != COALESCE((SELECT entry_hash FROM custody_entries ORDER BY seq DESC LIMIT 1), "
+        "'0000000000000000000000000000000000000000000000000000000000000000') "
+        "BEGIN SELECT RAISE(ABORT, 'custody ledger: an entry must take the next seq and link to the last entry'); "
+        "END"),
+    "custody_checkpoints_no_replace": (
+        "CREATE TRIGGER custody_checkpoints_no_replace BEFORE INSERT ON custody_checkpoints "
+        "WHEN EXISTS (SELECT 1 FROM custody_checkpoints WHERE tree_size = NEW.tree_size) "
+        "BEGIN SELECT RAISE(ABORT, 'custody ledger: a checkpoint of this size exists and is never replaced'); END"),
+}
 
 # No '%' anywhere: psycopg must never mistake part of this DDL for a parameter placeholder.
-_PG_GUARD_FUNCTION = """
+_PG_FUNCTIONS = [
+    """
 CREATE OR REPLACE FUNCTION custody_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     RAISE EXCEPTION USING
         MESSAGE = 'custody ledger table ' || TG_TABLE_NAME || ' is append-only: ' || TG_OP || ' refused';
 END
 $fn$
-"""
-
-_PG_GUARD_TRIGGERS = """
-DO $do$
+""",
+    """
+CREATE OR REPLACE FUNCTION custody_check_append() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
-    t text;
+    last_seq integer;
+    last_hash text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['custody_entries', 'custody_checkpoints'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = t::regclass AND tgname = t || '_append_only') THEN
-            EXECUTE 'CREATE TRIGGER ' || quote_ident(t || '_append_only') || ' BEFORE UPDATE OR DELETE ON '
-                || quote_ident(t) || ' FOR EACH ROW EXECUTE FUNCTION custody_refuse_change()';
-        END IF;
-        -- Row triggers do not fire on TRUNCATE: a statement trigger refuses it.
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = t::regclass AND tgname = t || '_no_truncate') THEN
-            EXECUTE 'CREATE TRIGGER ' || quote_ident(t || '_no_truncate') || ' BEFORE TRUNCATE ON '
-                || quote_ident(t) || ' FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change()';
-        END IF;
-    END LOOP;
+    SELECT seq, entry_hash INTO last_seq, last_hash FROM custody_entries ORDER BY seq DESC LIMIT 1;
+    IF NEW.seq <> COALESCE(last_seq, 0) + 1 OR NEW.prev_hash <> COALESCE(last_hash, repeat('0', 64)) THEN
+        RAISE EXCEPTION USING MESSAGE = 'custody ledger: an entry must take the next seq and link to the last entry';
+    END IF;
+    RETURN NEW;
 END
-$do$
+$fn$
+""",
+]
+_PG_GUARDS: dict[str, str] = {
+    **{f"{table}_append_only": f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                               "FOR EACH ROW EXECUTE FUNCTION custody_refuse_change()"
+       for table in ("custody_entries", "custody_checkpoints")},
+    # Row triggers do not fire on TRUNCATE: a statement trigger refuses it.
+    **{f"{table}_no_truncate": f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                               "FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change()"
+       for table in ("custody_entries", "custody_checkpoints")},
+    "custody_entries_in_order": "CREATE TRIGGER custody_entries_in_order BEFORE INSERT ON custody_entries "
+                                "FOR EACH ROW EXECUTE FUNCTION custody_check_append()",
+}
+_PG_PRESENT = """
+SELECT t.tgname FROM pg_trigger t
+WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
+  AND t.tgrelid IN (to_regclass('custody_entries'), to_regclass('custody_checkpoints'))
 """
 
 
@@ -276,6 +307,14 @@ class Ledger:
         self._postgres = self._engine.dialect.name == "postgresql"
         self._where = self._engine.url.render_as_string(hide_password=True)
         self._ready = False
+        self._missing_guards: tuple[str, ...] = ()
+
+    @property
+    def missing_guards(self) -> tuple[str, ...]:
+        """The append-only guards (database triggers) that are gone, as found when the ledger was opened."""
+        if not self._ready:
+            self._create_schema()
+        return self._missing_guards
 
     def __enter__(self) -> Ledger:
         return self
@@ -306,19 +345,83 @@ class Ledger:
                                 f"WZ_DATABASE_URL and that the database is running") from exc
 
     def _create_schema(self) -> None:
+        """Create the tables and guards of a new ledger; on an existing one, check the guards are all there.
+
+        A guard that is gone (a dropped or disabled trigger) is tampering: it is reported, never recreated in
+        silence, and nothing more is appended until `restore_guards()` is run on purpose. A ledger from before
+        the guards were versioned gets the guards it lacks once.
+        """
         try:
             with self._engine.connect() as conn:
                 conn.execution_options(**{_WRITE: True})
                 with conn.begin():
                     if self._postgres:
                         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+                    fresh = not self._has_table(conn, ENTRIES.name)
                     _metadata.create_all(conn)
-                    for statement in [_PG_GUARD_FUNCTION, _PG_GUARD_TRIGGERS] if self._postgres else _SQLITE_GUARDS:
-                        conn.exec_driver_sql(statement)
+                    version = conn.execute(select(META.c.value).where(META.c.key == "guards")).scalar()
+                    if fresh or version is None:
+                        self._install_guards(conn, self._guard_names(conn))
+                    else:
+                        self._missing_guards = tuple(sorted(set(self._expected_guards()) - self._guard_names(conn)))
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise EvidenceError(f"the custody database {self._where} cannot be used: {exc.orig}; check "
                                 f"WZ_DATABASE_URL and that the database is running") from exc
         self._ready = True
+
+    def _has_table(self, conn: Connection, name: str) -> bool:
+        if self._postgres:
+            return conn.execute(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name}).scalar_one() is True
+        row = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).first()
+        return row is not None
+
+    def _expected_guards(self) -> dict[str, str]:
+        return _PG_GUARDS if self._postgres else _SQLITE_GUARDS
+
+    def _guard_names(self, conn: Connection) -> set[str]:
+        if self._postgres:
+            return {str(row[0]) for row in conn.exec_driver_sql(_PG_PRESENT)}
+        return {str(row[0]) for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+
+    def _install_guards(self, conn: Connection, present: set[str]) -> list[str]:
+        if self._postgres:
+            for function in _PG_FUNCTIONS:
+                conn.exec_driver_sql(function)
+        installed = []
+        for name, ddl in self._expected_guards().items():
+            if name in present:
+                continue
+            if self._postgres:  # a disabled trigger is dropped and made again
+                table = "custody_entries" if name.startswith("custody_entries") else "custody_checkpoints"
+                conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            conn.exec_driver_sql(ddl)
+            installed.append(name)
+        conn.execute(META.delete().where(META.c.key == "guards"))
+        conn.execute(insert(META).values(key="guards", value=GUARDS_VERSION))
+        return installed
+
+    def _refuse_if_unguarded(self) -> None:
+        if self._missing_guards:
+            raise LedgerCorrupt(
+                f"the custody ledger's append-only guards are gone ({', '.join(self._missing_guards)} dropped or "
+                f"disabled in {self._where}): someone changed the database directly. Nothing more is appended. "
+                "Run `wz custody verify` to see what was changed, then `wz custody restore-guards` on purpose")
+
+    def _refresh_guards(self) -> None:
+        with self._transaction(write=False) as conn:
+            present = self._guard_names(conn)
+        self._missing_guards = tuple(sorted(set(self._expected_guards()) - present))
+
+    def restore_guards(self) -> list[str]:
+        """Recreate missing guards, on purpose, after tampering was investigated; returns the ones recreated."""
+        if not self._ready:
+            self._create_schema()
+        with self._transaction(write=True) as conn:
+            if self._postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+            installed = self._install_guards(conn, self._guard_names(conn))
+        self._missing_guards = ()
+        return installed
 
     # -- entries --
 
@@ -331,6 +434,9 @@ class Ledger:
             raise UsageError(f"unknown custody action {action!r}") from exc
         _check_text(subject, "subject")
         details_text = canonical_details(details)
+        if not self._ready:
+            self._create_schema()
+        self._refuse_if_unguarded()
         with self._transaction(write=True, lock=ENTRIES) as conn:
             last = conn.execute(
                 select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
@@ -395,12 +501,22 @@ class Ledger:
         verify; without it signatures are not checked. Returns (size, root); raises LedgerCorrupt
         naming the first entry or checkpoint that does not hold.
         """
-        with self._transaction(write=False) as conn:
-            # Checkpoints first: on PostgreSQL each statement has its own snapshot, and entries only grow,
-            # so every checkpoint read here is covered by the entries read after it.
-            checkpoints = self._read_checkpoints(conn)
-            leaves = self._leaves(conn)
-        self._check_checkpoints(leaves, checkpoints, checkpoint_verifier)
+        try:
+            with self._transaction(write=False) as conn:
+                # Checkpoints first: on PostgreSQL each statement has its own snapshot, and entries only grow,
+                # so every checkpoint read here is covered by the entries read after it.
+                checkpoints = self._read_checkpoints(conn)
+                leaves = self._leaves(conn)
+            self._check_checkpoints(leaves, checkpoints, checkpoint_verifier)
+        except LedgerCorrupt as exc:
+            # What was changed comes first; that the guards are gone too is said after it.
+            self._refresh_guards()
+            if self._missing_guards:
+                raise LedgerCorrupt(f"{exc}; and the append-only guards are gone: "
+                                    f"{', '.join(self._missing_guards)}") from exc
+            raise
+        self._refresh_guards()
+        self._refuse_if_unguarded()
         return len(leaves), merkle.root(leaves)
 
     @staticmethod
@@ -431,6 +547,12 @@ class Ledger:
                 # bad base64 a ValueError): whatever it raises, the checkpoint is not trusted.
                 except Exception as exc:
                     raise LedgerCorrupt(f"{where}: signature does not verify: {exc or type(exc).__name__}") from exc
+
+    def roots_at(self, sizes: Iterable[int]) -> dict[int, bytes]:
+        """The Merkle root of the first n entries, for each n the ledger holds (every entry checked on the way)."""
+        with self._transaction(write=False) as conn:
+            leaves = self._leaves(conn)
+        return merkle.prefix_roots(leaves, sorted({n for n in sizes if 0 <= n <= len(leaves)}))
 
     # -- proofs --
 
@@ -478,6 +600,8 @@ class Ledger:
             existing = self._read_checkpoints(conn)
             leaves = self._leaves(conn)
         self._check_checkpoints(leaves, existing, None)
+        self._refresh_guards()
+        self._refuse_if_unguarded()
         for cp in existing:
             if cp.tree_size == len(leaves):
                 return cp

@@ -12,12 +12,42 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 MANIFEST_SCHEMA = "wangzheng/capture-manifest/v1"
 PRESERVATION_SCHEMA = "wangzheng/preservation/v1"
 
 HexSha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+MAX_LABEL_LENGTH = 200
+
+
+def _printable_label(value: str) -> str:
+    """Names people give (a case number, an operator) end up in reports, logs and terminals: one printable line."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be UTF-8 text") from None
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_LABEL_LENGTH:
+        raise ValueError(f"must be at most {MAX_LABEL_LENGTH} characters, not {len(value)}")
+    bad = next((ch for ch in value if not ch.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"must be printable text on one line (found {bad!r}: newlines, tabs, terminal escapes "
+                         "and other control characters are refused)")
+    return value
+
+
+Label = Annotated[str, AfterValidator(_printable_label)]
 
 
 class Frozen(BaseModel):
@@ -245,8 +275,8 @@ class CaptureRequest(Frozen):
     out_dir: str | None = None
     fps: int = Field(default=15, ge=1, le=30)
     layout: str = "auto"
-    case_id: str | None = None
-    operator: str = "unknown"
+    case_id: Label | None = None
+    operator: Label = "unknown"
 
 
 class EventKind(StrEnum):
@@ -327,6 +357,7 @@ class CustodyAction(StrEnum):
     EXPORTED = "exported"  # a package is about to be written
     EXPORT_WRITTEN = "export-written"  # the package's own digests, once written
     VERIFIED = "verified"  # an online verification ran (passed or not)
+    GUARDS_RESTORED = "guards-restored"  # the ledger's append-only triggers were found gone and put back on purpose
 
 
 class CustodyEntry(Frozen):
@@ -395,7 +426,8 @@ class PreservationRecord(Frozen):
     capture_id: str
     manifest: FileDigest
     signature: SignatureRecord | None = None
-    timestamps: tuple[TimestampRecord, ...] = ()
+    timestamps: tuple[TimestampRecord, ...] = ()  # over the manifest
+    chain_timestamps: tuple[TimestampRecord, ...] = ()  # over the segment chain head, granted after the capture
     stored: tuple[StoredObject, ...] = ()  # sorted by key, one version per key
     custody_seqs: tuple[int, ...] = ()
     problems: tuple[str, ...] = ()

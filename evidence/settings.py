@@ -20,7 +20,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     capture_allow_private: bool = Field(
         default=False,
-        description="Allow loopback, private and link-local targets (demo and tests only).",
+        description="Allow every loopback, private and link-local address (demo and tests only).",
+    )
+    capture_allow_networks: str = Field(
+        default="",
+        description="Networks (CIDR, comma-separated) the capture browsers may reach besides global addresses, "
+        "e.g. an intranet under investigation: 10.20.0.0/16,fd00:1::/64.",
     )
     max_duration_seconds: float = Field(default=4 * 3600.0, gt=0)
     ntp_server: str = "ntp.ntsc.ac.cn"

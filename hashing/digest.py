@@ -61,7 +61,19 @@ def digest_stream(handle: IO[bytes]) -> tuple[int, Digests]:
     """
     sha256 = hashlib.sha256()
     sm3 = _new_sm3()
-    size = 0
+    # Most evidence files are small (pages, logs, tokens, short segments): one read, no threads, no buffers.
+    # A package of 30,000 of them took 145 s to verify when each paid for two 4 MiB buffers and a thread pool.
+    head = b""
+    while len(head) < CHUNK:  # a raw stream may return less than asked before its end
+        part = handle.read(CHUNK - len(head))
+        if not part:
+            break
+        head += part
+    sha256.update(head)
+    sm3.update(head)
+    if len(head) < CHUNK:
+        return len(head), Digests(sha256=sha256.hexdigest(), sm3=sm3.hexdigest())
+    size = len(head)
     buffers = (bytearray(PARALLEL_CHUNK), bytearray(PARALLEL_CHUNK))
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as pool:
         pending: tuple[Future[None], Future[None]] | None = None
@@ -75,8 +87,8 @@ def digest_stream(handle: IO[bytes]) -> tuple[int, Digests]:
             if pending is not None:
                 pending[0].result()
                 pending[1].result()
-            part = view[:count]
-            pending = (pool.submit(sha256.update, part), pool.submit(sm3.update, part))
+            chunk = view[:count]
+            pending = (pool.submit(sha256.update, chunk), pool.submit(sm3.update, chunk))
             size += count
             turn += 1
         if pending is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from evidence import EvidenceError, Manifest, PreservationRecord, Settings
 from evidence.layout import has_manifest, has_preservation, load_preservation
 from preservation.preserve import Preserver
+from preservation.record import pending_chain_requests
 from preservation.registry import known
 from preservation.services import Services
 from storage.spool import Spool
@@ -72,7 +73,7 @@ def survey(settings: Settings, report: Report) -> CatchUp:
                 continue
             if not has_preservation(directory) or not load_preservation(directory).complete:
                 found.unfinished.append(directory)
-            elif load_preservation(directory).pending_timestamps:
+            elif load_preservation(directory).pending_timestamps or pending_chain_requests(directory):
                 found.pending_tokens.append(directory)
         except EvidenceError as exc:
             report(f"skipping capture {capture_id}: {exc}")
@@ -80,9 +81,16 @@ def survey(settings: Settings, report: Report) -> CatchUp:
     return found
 
 
-def catch_up(settings: Settings, report: Report) -> CatchUp:
-    """Finish what earlier commands left: unfinished preservation, pending tokens, spooled uploads."""
+def catch_up(settings: Settings, report: Report, *, tokens: bool = True, spool: bool = True) -> CatchUp:
+    """Finish what earlier commands left: unfinished preservation, pending tokens, spooled uploads.
+
+    A command that is itself about to retry the tokens (`wz timestamp --pending`) or upload the spool (`wz sync`)
+    passes False for that part, so nothing is tried, and reported, twice."""
     found = survey(settings, report)
+    if not tokens:
+        found.pending_tokens = []
+    if not spool:
+        found.spooled = 0
     if found.empty:
         return found
     with Services(settings) as services:

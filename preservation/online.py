@@ -18,7 +18,7 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
     tsa_roots = [root for entry in services.timestamper.entries if not entry.local for root in entry.roots]
     trust = Trust(node_roots=[services.pki.ca_certificate()], node_pinned=True, tsa_roots=tsa_roots)
     report.origin_pinned = True
-    manifest = verify_source(report, source, trust)
+    manifest, _record = verify_source(report, source, trust)
     if manifest is None:
         report.raise_for_failures()
         return report
@@ -47,15 +47,14 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
             report.run("object re-read by version", stored.key, check)
 
     def ledger() -> str:
-        size, root = services.ledger.verify(services.verify_checkpoint)
-        return f"{size} entries, root {root.hex()}"
+        return services.verify_custody().describe()
 
     report.run("custody ledger", services.settings.ledger_url.split("@")[-1], ledger)
     subject_entries = services.ledger.entries(subject=manifest.capture_id)
     report.checks.append(Check("custody entries for capture", manifest.capture_id, bool(subject_entries),
                                f"{len(subject_entries)} entries: " + ", ".join(e.action for e in subject_entries)))
     # The verification itself is an action on the evidence: it goes on the record, passed or not.
-    services.ledger.append(services.actor, CustodyAction.VERIFIED, manifest.capture_id, {
+    services.record(CustodyAction.VERIFIED, manifest.capture_id, {
         "ok": report.ok, "checks": len(report.checks),
         "failed": [f"{c.name} [{c.subject}]" for c in report.failures][:20],
         "objects_reread": sum(1 for c in report.checks if c.name == "object re-read by version"),

@@ -43,8 +43,9 @@ from evidence.layout import (
     save_preservation,
 )
 from hashing import digest_file
-from preservation.record import object_key, preserved_files
-from preservation.services import Services
+from hashing.rfc3161 import parse_request
+from preservation.record import object_key, pending_chain_requests, preserved_files
+from preservation.services import CUSTODY_LOG_BATCH, Services
 from storage.spool import SpoolItem
 
 Report = Callable[[str], None]
@@ -56,10 +57,11 @@ class Preserver:
     def __init__(self, services: Services, report: Report | None = None) -> None:
         self.services = services
         self.report = report or (lambda _message: None)
+        self._store_reached: bool | None = None  # None: not tried yet by this preserver
 
     def _custody(self, record: PreservationRecord, action: CustodyAction,
                  details: dict[str, Any]) -> PreservationRecord:
-        entry = self.services.ledger.append(self.services.actor, action, record.capture_id, details)
+        entry = self.services.record(action, record.capture_id, details)
         return record.with_custody(entry.seq)
 
     @staticmethod
@@ -152,17 +154,45 @@ class Preserver:
         return self._custody(record, CustodyAction.TIMESTAMP_PENDING, {"tsa": stamp.tsa_url, "error": stamp.error})
 
     def retry_timestamps(self, capture_dir: Path) -> PreservationRecord:
+        """Every pending request, over the manifest and over the segment chain, sent to the TSAs configured now."""
         record = load_preservation(capture_dir)
         updated = []
         for pending in record.timestamps:
             stamp = pending
             if pending.status == TimestampStatus.PENDING:
-                stamp = self.services.retry_timestamp(pending, capture_dir)
+                stamp, said = self.services.retry_timestamp(pending, capture_dir)
+                if said:
+                    self.report(f"{record.capture_id}: {said}")
                 if stamp.status == TimestampStatus.GRANTED:
                     record = self._record_stamp(record, stamp, capture_dir, after_pending=True)
+                else:
+                    self.report(f"{record.capture_id}: manifest timestamp still pending: {stamp.error}")
             updated.append(stamp)
         record = self._save(capture_dir, record.model_copy(update={"timestamps": tuple(updated)}))
+        for request_path in pending_chain_requests(capture_dir):
+            record = self._retry_chain_stamp(capture_dir, record, request_path)
         return self._save(capture_dir, self.store(capture_dir, record, load_manifest(capture_dir)))
+
+    def _retry_chain_stamp(self, capture_dir: Path, record: PreservationRecord,
+                           request_path: str) -> PreservationRecord:
+        """A request over the segment chain head that got no token while recording (the TSA was down then)."""
+        request = parse_request((capture_dir / request_path).read_bytes())
+        pending = TimestampRecord(tsa_url="(the TSA configured then)", local_tsa=False,
+                                  status=TimestampStatus.PENDING, hash_algorithm=request.hash_algorithm,
+                                  message_imprint=request.digest.hex(), nonce=request.nonce, request_path=request_path)
+        stamp, said = self.services.retry_timestamp(pending, capture_dir)
+        what = request_path.removeprefix("timestamps/").removesuffix(".tsq")
+        if stamp.status != TimestampStatus.GRANTED:
+            self.report(f"{record.capture_id}: segment chain timestamp {what} still pending: {stamp.error}")
+            return record
+        self.report(f"{record.capture_id}: segment chain timestamp {what} granted by {stamp.tsa_url}"
+                    + (f" ({said})" if said else ""))
+        record = record.model_copy(update={"chain_timestamps": (*record.chain_timestamps, stamp)})
+        return self._custody(record, CustodyAction.TIMESTAMPED, {
+            "of": "segment chain head", "request": request_path, "tsa": stamp.tsa_url, "local_tsa": stamp.local_tsa,
+            "gen_time": _iso(stamp.gen_time), "serial": stamp.serial_number, "token": stamp.response_path,
+            "token_sha256": _file_sha256(capture_dir, stamp.response_path), "after_pending": True,
+        })
 
     def store(self, capture_dir: Path, record: PreservationRecord, manifest: Manifest) -> PreservationRecord:
         """Queue every file not yet stored, then upload the queue; a store outage leaves it queued."""
@@ -188,7 +218,14 @@ class Preserver:
     def sync(self, *, wait: bool = True) -> int:
         """Upload whatever the spool holds; record each verified object. Returns how many files still wait."""
         left, _record = self._sync(own=None, wait=wait)
+        if left and self._store_reached and self._only_checkpoints_wait():
+            # Recording the stored objects appended entries, and enough of them make a checkpoint whose document
+            # was queued after this sync read the spool: one more pass (it appends nothing) takes it up.
+            left, _record = self._sync(own=None, wait=wait)
         return left
+
+    def _only_checkpoints_wait(self) -> bool:
+        return all(batch.capture_id == CUSTODY_LOG_BATCH for batch in self.services.spool.pending())
 
     def _sync(self, *, own: tuple[Path, PreservationRecord] | None,
               wait: bool) -> tuple[int, PreservationRecord | None]:
@@ -198,6 +235,8 @@ class Preserver:
             holder[own[1].capture_id] = own[1]
 
         def stored(capture_id: str, item: SpoolItem, obj: StoredObject) -> None:
+            if capture_id == CUSTODY_LOG_BATCH:
+                return  # a checkpoint document: the checkpoint is the record of itself
             directory = own[0] if own is not None and own[1].capture_id == capture_id else \
                 self.services.capture_dir(capture_id)
             current = holder.get(capture_id) or load_preservation(directory)
@@ -220,8 +259,10 @@ class Preserver:
             # `wz sync` itself, asked only to upload, reports a setting that is wrong as the error it is.
             if isinstance(exc, ConfigurationError) and own is None:
                 raise
+            self._store_reached = False
             note(f"object store unavailable, {self._waiting()} file(s) kept in the spool for `wz sync`: {exc}")
             return self._waiting(), holder.get(own[1].capture_id) if own is not None else None
+        self._store_reached = True
         result = self.services.spool.sync(store, on_stored=stored, wait=wait)
         if result.busy:
             self.report("another wz process is uploading the spool; what it leaves is uploaded by the next command")
@@ -248,10 +289,11 @@ class Preserver:
             record = self._save(capture_dir, record.with_stored(stored.model_copy(update={"legal_hold": on})))
         action = CustodyAction.LEGAL_HOLD if on else CustodyAction.LEGAL_HOLD_RELEASED
         record = self._custody(record, action, {"objects": len(record.stored), "reason": reason})
-        self._save(capture_dir, record)
+        self._save(capture_dir, self.checkpoint(record))
         return len(record.stored)
 
     def checkpoint(self, record: PreservationRecord) -> PreservationRecord:
+        """Sign and timestamp the ledger as it is now, and put the checkpoint's document in WORM storage."""
         try:
             checkpoint = self.services.checkpoint()
         except EvidenceError as exc:
@@ -259,6 +301,8 @@ class Preserver:
             self.report(message)
             return record.with_problem(message)
         self.report(f"custody ledger checkpoint: {checkpoint.tree_size} entries, root {checkpoint.root_hash[:16]}…")
+        if self._store_reached is not False:  # a store found down moments ago is not asked (and reported) again
+            self._sync(own=None, wait=True)
         return record
 
 

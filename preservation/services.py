@@ -7,21 +7,78 @@ from __future__ import annotations
 import base64
 import getpass
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from custody.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CheckpointDocument,
+    checkpoint_key,
+    document_for,
+    verify_document,
+)
 from custody.ledger import Ledger
-from evidence import Checkpoint, Settings, TimestampRecord, TimestampStatus
+from custody.proofs import entry_bytes
+from evidence import (
+    Checkpoint,
+    CustodyAction,
+    CustodyEntry,
+    EvidenceError,
+    LedgerCorrupt,
+    Settings,
+    TimestampInvalid,
+    TimestampRecord,
+    TimestampStatus,
+)
+from evidence.files import write_atomic
+from hashing import digest_file
 from hashing.pki import LocalPki
-from hashing.rfc3161 import HttpTimestamper, TsaEntry, external_tsa_entries, retry_pending
+from hashing.rfc3161 import HttpTimestamper, TsaEntry, external_tsa_entries, retry_pending, verify_response
 from hashing.signing import LocalSigner, Signer, verify_raw
 from hashing.tsa import LocalTsa
 from preservation.registry import locate
 from storage.s3 import ObjectStore, store_from_settings
-from storage.spool import Spool
+from storage.spool import Spool, SpoolItem
+
+CUSTODY_LOG_BATCH = "custody-log"  # the spool batch of checkpoint documents (not a capture)
+CHECKPOINT_EVERY_ENTRIES = 32
+CHECKPOINT_EVERY_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class CustodyVerification:
+    size: int
+    root: bytes
+    worm_checkpoints: int
+    worm_latest: int
+    not_in_worm: tuple[int, ...]  # checkpoints whose documents wait in the spool
+
+    def describe(self) -> str:
+        said = (f"{self.size} entries, root {self.root.hex()}; checked against {self.worm_checkpoints} checkpoint(s) "
+                f"in WORM storage")
+        if self.worm_checkpoints:
+            said += f" (the latest covers {self.worm_latest} entries)"
+        if self.not_in_worm:
+            said += f"; {len(self.not_in_worm)} newer checkpoint(s) wait in the spool for `wz sync`"
+        return said
+
+
+def _compare_entry(current: CustodyEntry | None, kept: CustodyEntry, tree_size: int) -> None:
+    """An entry in the database against its copy in a WORM checkpoint document; names what differs."""
+    if current is None:
+        raise LedgerCorrupt(f"entry {kept.seq}: missing from the database, though the WORM checkpoint of "
+                            f"{tree_size} entries holds it")
+    if entry_bytes(current) == entry_bytes(kept):
+        return
+    now, then = current.model_dump(mode="json"), kept.model_dump(mode="json")
+    fields = [f"{name} was {then[name]!r:.80}, is now {now[name]!r:.80}" for name in then if then[name] != now[name]]
+    raise LedgerCorrupt(f"entry {kept.seq}: differs from the copy in the WORM checkpoint of {tree_size} entries: "
+                        + "; ".join(fields))
 
 
 class Services:
@@ -34,6 +91,7 @@ class Services:
         self._store: ObjectStore | None = None
         self.spool = Spool(settings.spool_dir)
         self.ledger = Ledger(settings.ledger_url)
+        self._latest: Checkpoint | None = None
         self.timestamper = HttpTimestamper(self._tsa_endpoints(), timeout=settings.tsa_timeout_seconds)
 
     def _tsa_endpoints(self) -> list[TsaEntry]:
@@ -54,22 +112,55 @@ class Services:
             self._store = store
         return self._store
 
-    def retry_timestamp(self, record: TimestampRecord, directory: Path) -> TimestampRecord:
-        """Send a pending request again, to the TSA now configured under the same URL (the local TSA's
-        port changes between runs, so its pending requests go to today's local TSA)."""
-        entry = next((e for e in self.timestamper.entries if e.url == record.tsa_url), None)
-        if entry is None and record.local_tsa:
-            entry = next((e for e in self.timestamper.entries if e.local), None)
-        if entry is None:
-            return record
-        if entry.url != record.tsa_url:
-            record = record.model_copy(update={"tsa_url": entry.url})
-        return retry_pending(record, directory, roots=entry.roots, timeout=self.settings.tsa_timeout_seconds)
+    def retry_timestamp(self, record: TimestampRecord, directory: Path) -> tuple[TimestampRecord, str]:
+        """Send a pending request again, to the TSAs configured now; returns the record and what was done.
+
+        The TSA it was first sent to, if still configured, goes first (the local TSA's port changes between runs,
+        so a pending local request goes to today's local TSA). A TSA no longer configured is not skipped in
+        silence: the kept request (same digest, same nonce) goes to the configured ones instead, and that is said.
+        """
+        entries = list(self.timestamper.entries)
+        first = next((e for e in entries if e.url == record.tsa_url), None)
+        if first is None and record.local_tsa:
+            first = next((e for e in entries if e.local), None)
+        order = [first] if first is not None else []
+        order += [e for e in entries if e is not first]
+        said = "" if first is not None else (f"{record.tsa_url} is no longer configured; the kept request went to "
+                                             f"{', '.join(e.url for e in order)}")
+        current = record
+        for entry in order:
+            attempt = current.model_copy(update={"tsa_url": entry.url, "local_tsa": entry.local})
+            current = retry_pending(attempt, directory, roots=entry.roots, timeout=self.settings.tsa_timeout_seconds)
+            if current.status == TimestampStatus.GRANTED:
+                return current, said
+        return current, said
 
     def capture_dir(self, capture_id: str) -> Path:
         return locate(self.settings.registry_dir, capture_id)
 
+    # -- the custody record --
+
+    def record(self, action: CustodyAction, subject: str, details: dict[str, Any]) -> CustodyEntry:
+        """Append one custody entry; checkpoint when enough has accrued since the last one.
+
+        Checkpoints come after every capture, export and legal-hold change (their callers ask), and besides
+        whenever CHECKPOINT_EVERY_ENTRIES entries or CHECKPOINT_EVERY_SECONDS have passed since the last one,
+        so what a checkpoint in WORM storage does not yet cover stays small."""
+        entry = self.ledger.append(self.actor, action, subject, details)
+        latest = self._latest_checkpoint()
+        covered = latest.tree_size if latest is not None else 0
+        age = (entry.at - latest.at).total_seconds() if latest is not None else 0.0
+        if entry.seq - covered >= CHECKPOINT_EVERY_ENTRIES or age >= CHECKPOINT_EVERY_SECONDS:
+            self.checkpoint()
+        return entry
+
+    def _latest_checkpoint(self) -> Checkpoint | None:
+        if self._latest is None:
+            self._latest = self.ledger.latest_checkpoint()
+        return self._latest
+
     def checkpoint(self) -> Checkpoint:
+        """Sign and timestamp the ledger's current tree, and queue its document for WORM storage."""
         def stamp(body_sha256: bytes) -> TimestampRecord | None:
             directory = self.checkpoint_dir
             directory.mkdir(parents=True, exist_ok=True)
@@ -79,7 +170,105 @@ class Services:
             granted = [r for r in records if r.status == TimestampStatus.GRANTED]
             return granted[0] if granted else None
 
-        return self.ledger.checkpoint(self.signer.name, self.signer.sign_raw, stamp)
+        checkpoint = self.ledger.checkpoint(self.signer.name, self.signer.sign_raw, stamp)
+        self._latest = checkpoint
+        self._keep_in_worm(checkpoint)
+        return checkpoint
+
+    def checkpoint_document(self, checkpoint: Checkpoint) -> CheckpointDocument:
+        """The checkpoint with its signer, its token and the entries since the checkpoint before it."""
+        earlier = [cp.tree_size for cp in self.ledger.checkpoints() if cp.tree_size < checkpoint.tree_size]
+        start = (max(earlier) if earlier else 0) + 1
+        entries = self.ledger.entries(start=start, end=checkpoint.tree_size) if start <= checkpoint.tree_size else []
+        request = token = None
+        chain: str | None = None
+        stamp = checkpoint.timestamp
+        if stamp is not None and stamp.response_path:
+            token = (self.checkpoint_dir / stamp.response_path).read_bytes()
+            if stamp.request_path:
+                request = (self.checkpoint_dir / stamp.request_path).read_bytes()
+            if stamp.chain_path:
+                chain = (self.checkpoint_dir / stamp.chain_path).read_text(encoding="ascii")
+        return document_for(checkpoint, self.pem(self.signer.certificate()).decode("ascii"), entries,
+                            timestamp_request=request, timestamp_token=token, timestamp_chain=chain)
+
+    def _keep_in_worm(self, checkpoint: Checkpoint) -> None:
+        """Write the checkpoint's document beside the ledger and queue it for the object-locked bucket."""
+        folder = self.worm_checkpoint_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        relative = f"{checkpoint.tree_size:012d}.json"
+        if not (folder / relative).exists():
+            write_atomic(folder / relative, self.checkpoint_document(checkpoint).to_bytes())
+        digests = digest_file(folder / relative)[1]
+        self.spool.enqueue(CUSTODY_LOG_BATCH, folder, [SpoolItem(
+            key=checkpoint_key(checkpoint.tree_size), relative_path=relative, content_type="application/json",
+            digests=digests)])
+
+    @property
+    def worm_checkpoint_dir(self) -> Path:
+        """Checkpoint documents as they go to WORM storage."""
+        return self.checkpoint_dir / "worm"
+
+    def check_token(self, tsr: bytes, digest: bytes, nonce: int) -> str:
+        """A token over a checkpoint, against the roots this node trusts: its own CA (the local TSA) or the
+        configured TSAs' roots. Says which."""
+        failures = []
+        for kind, roots in (("local TSA", [self.pki.ca_certificate()]),
+                            ("TSA", [r for e in self.timestamper.entries if not e.local for r in e.roots])):
+            if not roots:
+                continue
+            try:
+                info = verify_response(tsr, digest=digest, nonce=nonce, roots=roots)
+            except EvidenceError as exc:
+                failures.append(f"{kind}: {exc}")
+                continue
+            return f"{kind} {info.tsa_name or ''} at {info.gen_time.isoformat()}"
+        raise TimestampInvalid("; ".join(failures) or "no trusted TSA root")
+
+    def verify_custody(self) -> CustodyVerification:
+        """The ledger in the database, then the ledger against every checkpoint document in WORM storage.
+
+        The database alone cannot prove it was not rewritten by someone who also re-signed nothing: deleting
+        entries and the checkpoints above them, or rewriting an entry and every hash after it, leaves a ledger
+        that recomputes. The documents in the object-locked bucket (COMPLIANCE: nobody can delete or replace
+        them) still hold what each checkpoint covered; any difference is named, entry by entry."""
+        size, root = self.ledger.verify(self.verify_checkpoint)
+        store = self.store()
+        versions = store.versions(CHECKPOINT_PREFIX)
+        documents: list[CheckpointDocument] = []
+        by_key: dict[str, list[str]] = {}
+        for version in versions:
+            by_key.setdefault(version.key, []).append(version.version_id)
+        for key, version_ids in sorted(by_key.items()):
+            contents = {b"".join(store.read(key, version_id)) for version_id in version_ids}
+            if len(contents) > 1:
+                raise LedgerCorrupt(f"{key} has {len(version_ids)} versions that differ in WORM storage: someone wrote "
+                                    "a second checkpoint of the same size")
+            document = CheckpointDocument.from_bytes(contents.pop(), key)
+            if checkpoint_key(document.tree_size) != key:
+                raise LedgerCorrupt(f"{key} holds the checkpoint of size {document.tree_size}")
+            verify_document(document, node_roots=[self.pki.ca_certificate()], check_token=self.check_token)
+            documents.append(document)
+        documents.sort(key=lambda d: d.tree_size)
+        roots = self.ledger.roots_at(d.tree_size for d in documents)
+        for document in documents:
+            held = [e for e in document.parsed_entries() if e.seq <= size]
+            if held:
+                in_database = {e.seq: e for e in self.ledger.entries(start=held[0].seq, end=held[-1].seq)}
+                for kept in held:
+                    _compare_entry(in_database.get(kept.seq), kept, document.tree_size)
+            if document.tree_size > size:
+                raise LedgerCorrupt(f"entry {size + 1}: missing; the ledger ends at {size}, but the checkpoint of "
+                                    f"{document.tree_size} entries in WORM storage covers more (entries after "
+                                    f"{size} were removed)")
+            if roots[document.tree_size].hex() != document.checkpoint.root_hash:
+                raise LedgerCorrupt(f"the first {document.tree_size} entries no longer hash to the root signed in "
+                                    f"the WORM checkpoint of that size: an entry before {document.entries_from} was "
+                                    "changed after it was checkpointed")
+        latest = documents[-1].tree_size if documents else 0
+        signed = [cp.tree_size for cp in self.ledger.checkpoints()]
+        return CustodyVerification(size=size, root=root, worm_checkpoints=len(documents), worm_latest=latest,
+                                   not_in_worm=tuple(n for n in signed if n not in roots))
 
     @property
     def checkpoint_dir(self) -> Path:

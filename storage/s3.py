@@ -16,6 +16,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, NoReturn, Protocol
@@ -92,6 +93,18 @@ class ObjectStore(Protocol):
 
     def set_legal_hold(self, key: str, version_id: str, on: bool) -> None: ...
 
+    def versions(self, prefix: str) -> list[ObjectVersion]:
+        """Every version of every object under `prefix` (delete markers excluded), oldest first per key."""
+        ...
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    key: str
+    version_id: str
+    size: int
+    last_modified: datetime | None
+
 
 def _part_size(length: int) -> int:
     """16 MiB parts; larger (whole MiB) only when a file would need more than S3's 10,000 parts."""
@@ -126,6 +139,20 @@ class _UnsignedBodyMinio(Minio):
         built["Content-Length"] = str(len(body))
         built["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
         return built, date
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a connection failure ("[Errno 111] Connection refused"), not urllib3's whole story."""
+    seen = exc
+    for _ in range(8):
+        inner = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
+        if not isinstance(inner, BaseException):
+            break
+        seen = inner
+    text = str(seen)
+    if "Failed to establish a new connection:" in text:
+        text = text.split("Failed to establish a new connection:", 1)[1].strip().rstrip(")\"'")
+    return text[:200] or type(seen).__name__
 
 
 def _is_loopback(endpoint: str) -> bool:
@@ -261,8 +288,7 @@ class S3ObjectStore(ObjectStore):
         except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
             raise StoreUnavailable(
                 f"the S3 store at {self.endpoint} cannot be reached for {operation} of {subject} "
-                f"({type(exc).__name__}: {exc}); files stay in the local spool; start the store or check "
-                "WZ_S3_ENDPOINT"
+                f"({_root_cause(exc)}); files stay in the local spool; start the store or check WZ_S3_ENDPOINT"
             ) from exc
         except MinioException as exc:
             raise StorageError(f"S3 {operation} of {subject} at {self.endpoint} failed: {exc}") from exc
@@ -479,6 +505,16 @@ class S3ObjectStore(ObjectStore):
         finally:
             response.close()
             response.release_conn()
+
+    def versions(self, prefix: str) -> list[ObjectVersion]:
+        found: list[ObjectVersion] = []
+        with self._errors("list versions", f"{self.bucket}/{prefix}*"):
+            for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True, include_version=True):
+                if getattr(item, "is_delete_marker", False) or not item.version_id:
+                    continue
+                found.append(ObjectVersion(key=str(item.object_name), version_id=str(item.version_id),
+                                           size=int(item.size or 0), last_modified=item.last_modified))
+        return sorted(found, key=lambda v: (v.key, v.last_modified or datetime.min.replace(tzinfo=UTC)))
 
     def set_legal_hold(self, key: str, version_id: str, on: bool) -> None:
         subject = f"{self.bucket}/{key} version {version_id}"

@@ -267,6 +267,8 @@ class EmbeddedSeaweed:
 
     def stop(self, timeout: float = 20) -> None:
         """Stop the recorded instance: SIGTERM, then SIGKILL after `timeout` seconds."""
+        if not self.directory.is_dir():
+            return  # never started here: nothing to stop
         with self._locked(timeout + 30):
             state = self._read_state()
             if state is None:
@@ -464,8 +466,8 @@ class EmbeddedSeaweed:
             if not pid_alive(pid, holds_ports=True):
                 self.state_path.unlink(missing_ok=True)
                 raise StorageError(
-                    f"SeaweedFS (pid {pid}) exited before serving S3 on {endpoint.endpoint}; "
-                    f"its log {self.log_path} ends with:\n{self._log_tail()}"
+                    f"SeaweedFS (pid {pid}) exited before serving S3 on {endpoint.endpoint}: {self._log_cause()} "
+                    f"(see {self.log_path})"
                 )
             try:
                 probe_s3(endpoint, timeout=5)
@@ -481,7 +483,7 @@ class EmbeddedSeaweed:
             self.state_path.unlink(missing_ok=True)
         raise StoreUnavailable(
             f"SeaweedFS (pid {pid}) did not answer S3 on {endpoint.endpoint} within {timeout:.0f} s "
-            f"({last_error}); its log {self.log_path} ends with:\n{self._log_tail()}"
+            f"({last_error[:200]}); last logged: {self._log_cause()} (see {self.log_path})"
         )
 
     def _terminate(self, pid: int, timeout: float) -> None:
@@ -509,9 +511,15 @@ class EmbeddedSeaweed:
             time.sleep(0.1)
         return True
 
-    def _log_tail(self, lines: int = 20) -> str:
+    def _log_cause(self) -> str:
+        """The one log line that says what went wrong (its last error, else its last line), not the start banner."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            lines = [line.strip() for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+            return "no log"
+        if not lines:
+            return "nothing logged"
+        markers = ("error", "fatal", "panic", "fail", "cannot", "denied", "address already in use")
+        errors = [line for line in lines if any(marker in line.lower() for marker in markers)]
+        cause = (errors or lines)[-1]
+        return cause if len(cause) <= 300 else cause[:299] + "…"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -138,3 +139,19 @@ def test_a_segment_that_ffmpeg_reads_as_another_format_stays_out_of_the_videos(t
     assert assembly.composite and assembly.problems == ()
     assert any("audio1_00000.ts" in remark and "MPEG-TS" in remark for remark in assembly.remarks)
     assert _streams(tmp_path / "composite.mp4") == ["video", "audio"]
+
+
+def test_chaining_the_segments_again_adds_nothing(tmp_path: Path) -> None:
+    """Recovery after kill -9 chains what the dead process left; a second recovery (or a poll after the first)
+    found "segments/x.ts" in chain.jsonl and compared it with "x.ts" from the segment list: every segment was
+    appended again."""
+    from capture.chain import SegmentChain
+
+    _video(tmp_path, start=10.0, seconds=12.0)
+    first = SegmentChain(tmp_path)
+    added = first.poll()
+    assert added == 3
+    assert SegmentChain(tmp_path).poll() == 0  # as a second recovery would
+    assert first.poll() == 0
+    lines = (tmp_path / "chain.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and len({json.loads(line)["file"] for line in lines}) == 3

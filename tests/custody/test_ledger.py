@@ -260,9 +260,9 @@ def test_four_processes_append_concurrently(db: Database) -> None:
 # -- database guards ----------------------------------------------------------------------------------------------
 
 
-def refused(db: Database, sql: str) -> None:
-    with pytest.raises(DBAPIError, match="append-only"):
-        db.execute(sql)
+def refused(db: Database, sql: str, params: dict[str, Any] | None = None) -> None:
+    with pytest.raises(DBAPIError, match=r"append-only|must take the next seq|never replaced"):
+        db.execute(sql, params)
 
 
 def test_database_refuses_update_and_delete(db: Database, ledger: Ledger) -> None:
@@ -284,15 +284,61 @@ def test_database_refuses_update_and_delete(db: Database, ledger: Ledger) -> Non
     ledger.verify(signer.verify)
 
 
-def test_guards_are_restored_when_the_ledger_is_opened_again(db: Database, ledger: Ledger) -> None:
+def test_missing_guards_are_tampering_not_quietly_recreated(db: Database, ledger: Ledger) -> None:
+    """Someone with database access dropped the triggers and edited an entry. The next process to open the ledger
+    must say so and append nothing; the guards come back only when someone restores them on purpose."""
     fill(ledger, 2)
-    assert len(db.drop_guards()) == 4
+    dropped = db.drop_guards()
+    assert len(dropped) == (6 if db.kind == "sqlite" else 5)
     db.execute("UPDATE custody_entries SET actor = 'mallory' WHERE seq = 2")  # unguarded now
     with Ledger(db.url) as reopened:
-        reopened.size()
+        assert reopened.size() == 2  # reading still works, so the damage can be looked at
+        assert set(reopened.missing_guards) == set(dropped)
+        with pytest.raises(LedgerCorrupt, match="append-only guards are gone"):
+            reopened.append("alice", "captured", "cap", {})
+        with pytest.raises(LedgerCorrupt, match=r"^entry 2: hash does not match its contents; and the append-only "
+                                                r"guards are gone"):
+            reopened.verify()
+        assert reopened.size() == 2
+        assert set(reopened.restore_guards()) == set(dropped)
         refused(db, "UPDATE custody_entries SET actor = 'alice' WHERE seq = 2")
         with pytest.raises(LedgerCorrupt, match=r"^entry 2: hash does not match its contents$"):
             reopened.verify()
+
+
+def test_a_disabled_trigger_counts_as_missing(db: Database, ledger: Ledger) -> None:
+    if db.kind == "sqlite":
+        return  # SQLite triggers cannot be disabled, only dropped
+    fill(ledger, 1)
+    db.execute("ALTER TABLE custody_entries DISABLE TRIGGER custody_entries_append_only")
+    with Ledger(db.url) as reopened:
+        assert reopened.missing_guards == ("custody_entries_append_only",)
+        with pytest.raises(LedgerCorrupt, match="guards are gone"):
+            reopened.append("alice", "captured", "cap", {})
+
+
+def test_insert_or_replace_and_out_of_order_inserts_are_refused(db: Database, ledger: Ledger) -> None:
+    """INSERT OR REPLACE deleted entry 2 on SQLite without firing the DELETE trigger; an insert that skips a seq,
+    reuses one or does not link to the last entry is refused by the database itself."""
+    entries = fill(ledger, 3)
+    ledger.checkpoint("node", Signer().sign)
+    row = rows(db)[2]
+    if db.kind == "sqlite":
+        refused(db, "INSERT OR REPLACE INTO custody_entries (seq, at, actor, action, subject, details, prev_hash, "
+                    "entry_hash) VALUES (2, :at, 'mallory', 'captured', 'x', '{}', :prev, :hash)",
+                {"at": row["at"], "prev": row["prev_hash"], "hash": row["entry_hash"]})
+        refused(db, "INSERT OR REPLACE INTO custody_checkpoints (tree_size, root_hash, at, signer, signature) "
+                    "VALUES (3, :root, :at, 'x', 'x')", {"root": "0" * 64, "at": row["at"]})
+    else:
+        refused(db, "INSERT INTO custody_entries (seq, at, actor, action, subject, details, prev_hash, entry_hash) "
+                    "VALUES (2, :at, 'mallory', 'captured', 'x', '{}', :prev, :hash) ON CONFLICT (seq) DO UPDATE "
+                    "SET actor = 'mallory'", {"at": row["at"], "prev": row["prev_hash"], "hash": row["entry_hash"]})
+    for seq, prev in ((5, entries[-1].entry_hash), (4, "ab" * 32)):
+        refused(db, "INSERT INTO custody_entries (seq, at, actor, action, subject, details, prev_hash, entry_hash) "
+                    "VALUES (:seq, :at, 'mallory', 'captured', 'x', '{}', :prev, :hash)",
+                {"seq": seq, "at": row["at"], "prev": prev, "hash": "cd" * 32})
+    assert [e.actor for e in ledger.entries()] == ["alice"] * 3
+    ledger.verify()
 
 
 # -- tamper detection -----------------------------------------------------------------------------------------------

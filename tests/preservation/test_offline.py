@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -100,3 +101,43 @@ def test_a_record_written_before_the_schema_was_named_still_reads(node: Node, tm
     del first_format["schema"]
     first_format["stored"] = {}
     assert PreservationRecord.model_validate(first_format) == record
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_pending_requests_go_to_the_tsas_configured_now_and_say_so(
+        node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TSA a capture was stamped by went away and the node now uses another. `wz timestamp --pending` used to
+    skip such a request without a word, and never retried a request over the segment chain (chain-NNNNNN.tsq)."""
+    gone = LocalPki(tmp_path / "gone-tsa").ensure()
+    monkeypatch.setenv("WZ_TSA_URLS", f"http://127.0.0.1:{_closed_port()}/")
+    monkeypatch.setenv("WZ_TSA_CA_FILE", str(gone.ca_cert_path))
+    monkeypatch.setenv("WZ_TSA_TIMEOUT_SECONDS", "2")
+    directory = tmp_path / "c"
+    node.capture(directory)
+    with Services(Settings()) as services:
+        record = Preserver(services).preserve(directory)
+        # A request over the segment chain head that got no answer while recording.
+        services.timestamper.stamp(hashlib.sha256(b"chain head").digest(), directory, "chain-000003")
+    assert [t.status.value for t in record.timestamps] == ["pending"]
+    assert (directory / "timestamps" / "chain-000003.0.tsq").exists()
+    assert not (directory / "timestamps" / "chain-000003.0.tsr").exists()
+
+    for name in ("WZ_TSA_URLS", "WZ_TSA_CA_FILE"):
+        monkeypatch.delenv(name)  # the node now uses its local TSA
+    said: list[str] = []
+    with Services(Settings()) as services:
+        retried = Preserver(services, report=said.append).retry_timestamps(directory)
+        actions = [(e.action.value, e.details.get("of")) for e in services.ledger.entries(subject=retried.capture_id)]
+    assert [t.status.value for t in retried.timestamps] == ["granted"] and retried.timestamps[0].local_tsa
+    assert any("is no longer configured; the kept request went to" in line for line in said), said
+    [chain] = retried.chain_timestamps
+    assert chain.response_path == "timestamps/chain-000003.0.tsr" and (directory / chain.response_path).exists()
+    assert any("segment chain timestamp chain-000003.0 granted" in line for line in said), said
+    assert ("timestamped", "segment chain head") in actions and actions.count(("timestamped", None)) == 1

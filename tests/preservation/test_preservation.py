@@ -31,10 +31,12 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def capture(env: dict[str, str], urls: list[str], out: Path, duration: str = "7") -> dict[str, Any]:
+def capture(env: dict[str, str], urls: list[str], out: Path, duration: str = "7", expect: int = 0) -> dict[str, Any]:
     result = wz(["capture", *urls, "--duration", duration, "--out", str(out), "--json", "--case", "CASE-7",
                  "--operator", "inspector"], env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == expect, result.stderr[-4000:]
+    if expect == 4:  # recorded completely, preservation pending: the last line says what to run
+        assert "next: run" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
     summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return summary
 
@@ -78,7 +80,8 @@ def test_the_package_verifies_offline_and_online(preserved: tuple[dict[str, Any]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     report = json.loads(result.stdout)
     names = {c["name"] for c in report["checks"]}
-    assert {"SHA-256 of file", "SM3 of file", "artifact matches manifest", "manifest signature (CMS)",
+    assert {"package index signature", "SHA-256 of file", "SM3 of file", "artifact matches manifest",
+            "manifest signature (CMS)",
             "manifest timestamp 0", "segment chain", "segment chain timestamp", "custody checkpoint signature",
             "custody entry in signed tree"} <= names
     online = wz(["verify", summary["capture_id"], "--json"], env)
@@ -98,6 +101,12 @@ def test_standard_tools_accept_the_package(preserved: tuple[dict[str, Any], Path
     with zipfile.ZipFile(package) as archive:
         archive.extractall(tmp_path)
     root = tmp_path / summary["capture_id"]
+    index = _run("openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", "SHA256SUMS.p7s", "-content",
+                 "SHA256SUMS", "-CAfile", "certs/local-ca.pem", "-purpose", "any", "-out", "/dev/null", cwd=root)
+    assert index.returncode == 0 and "Verification successful" in index.stderr, index.stderr
+    unlisted = _run("bash", "-c", "comm -23 <(find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.p7s | "
+                    "sed 's|^\\./||' | sort) <(cut -c67- SHA256SUMS | sort)", cwd=root)
+    assert unlisted.returncode == 0 and unlisted.stdout == "", unlisted.stdout + unlisted.stderr
     assert "FAILED" not in _run("sha256sum", "-c", "SHA256SUMS", cwd=root).stdout
     assert _run("sha256sum", "-c", "--quiet", "SHA256SUMS", cwd=root).returncode == 0
     for line in (root / "SM3SUMS").read_text().splitlines():
@@ -110,14 +119,14 @@ def test_standard_tools_accept_the_package(preserved: tuple[dict[str, Any], Path
     tokens = sorted((root / "timestamps").glob("*.tsr"))
     assert any(t.name.startswith("manifest.") for t in tokens) and any(t.name.startswith("chain-") for t in tokens)
     stamp = _run("openssl", "ts", "-verify", "-data", "manifest.json", "-in", "timestamps/manifest.0.tsr",
-                 "-CAfile", "timestamps/manifest.0.chain.pem", cwd=root)
+                 "-CAfile", "certs/local-ca.pem", cwd=root)
     assert stamp.returncode == 0 and "Verification: OK" in stamp.stdout, stamp.stdout + stamp.stderr
     text_form = _run("openssl", "ts", "-reply", "-in", "timestamps/manifest.0.tsr", "-text", cwd=root).stdout
     assert "LOCAL TSA (not a trusted third party)" in text_form
     for token in (t for t in tokens if t.name.startswith("chain-")):
         request = token.with_suffix(".tsq").name
         chained = _run("openssl", "ts", "-verify", "-queryfile", f"timestamps/{request}", "-in",
-                       f"timestamps/{token.name}", "-CAfile", f"timestamps/{token.name[:-4]}.chain.pem", cwd=root)
+                       f"timestamps/{token.name}", "-CAfile", "certs/local-ca.pem", cwd=root)
         assert chained.returncode == 0, chained.stdout + chained.stderr
     key = _run("openssl", "x509", "-in", "custody/checkpoint-signer.pem", "-pubkey", "-noout", cwd=root).stdout
     (tmp_path / "key.pem").write_text(key)
@@ -208,13 +217,13 @@ def test_tsa_down_keeps_the_token_pending_until_it_answers(demo_server: FixtureS
         "WZ_TSA_URLS": f"http://127.0.0.1:{port}/", "WZ_TSA_CA_FILE": str(pki.ca_cert_path),
         "WZ_TSA_TIMEOUT_SECONDS": "3",
     }
-    summary = capture(env, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="5")
+    summary = capture(env, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="5", expect=4)
     stamps = summary["preservation"]["timestamps"]
     assert [t["status"] for t in stamps] == ["pending"] and stamps[0]["error"]
     assert summary["preservation"]["stored_objects"] > 0  # stored all the same
     assert (tmp_path / "c" / "timestamps" / "manifest.0.tsq").exists()
     still = wz(["timestamp", "--pending"], env)
-    assert still.returncode == 1 and "1 timestamp(s) still pending" in still.stderr
+    assert still.returncode == 1 and "timestamp(s) still pending" in still.stderr
     with LocalTsa(pki, tmp_path / "tsa-state", port=port):
         granted = wz(["timestamp", "--pending"], env)
     assert granted.returncode == 0, granted.stderr
@@ -222,15 +231,20 @@ def test_tsa_down_keeps_the_token_pending_until_it_answers(demo_server: FixtureS
                              "-CAfile", str(pki.ca_cert_path)], cwd=tmp_path / "c", capture_output=True, text=True,
                             check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    actions = [e["action"] for e in json.loads(wz(["custody", "show", summary["capture_id"], "--json"], env).stdout)]
-    assert "timestamp-pending" in actions and actions.count("timestamped") == 1
+    entries = json.loads(wz(["custody", "show", summary["capture_id"], "--json"], env).stdout)
+    actions = [e["action"] for e in entries]
+    manifest_stamps = [e for e in entries if e["action"] == "timestamped" and "of" not in e["details"]]
+    chain_stamps = [e for e in entries if e["action"] == "timestamped" and e["details"].get("of")]
+    assert "timestamp-pending" in actions and len(manifest_stamps) == 1
+    assert chain_stamps and all(e["details"]["after_pending"] for e in chain_stamps)  # taken while recording
+    assert wz(["verify", summary["capture_id"]], env).returncode == 0
 
 
 def test_store_down_spools_and_sync_uploads_later(demo_server: FixtureServer, s3_server: S3Endpoint,
                                                   tmp_path: Path) -> None:
     good = base_env(tmp_path / "data", s3_server)
     down = good | {"WZ_S3_ENDPOINT": f"127.0.0.1:{closed_port()}"}
-    summary = capture(down, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="5")
+    summary = capture(down, [demo_server.base_url + PATH_PRODUCT], tmp_path / "c", duration="5", expect=4)
     record = summary["preservation"]
     assert record["stored_objects"] == 0 and any("unavailable" in p for p in record["problems"])
     assert any((tmp_path / "data" / "spool").glob("*.json"))
@@ -320,7 +334,9 @@ def test_a_forger_who_strips_the_timestamps_and_rebuilds_the_sums_is_caught(
     result = wz(["verify", str(forged), "--json"], env)
     assert result.returncode == 1
     failed = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
-    assert [c["name"] for c in failed] == ["manifest timestamp"], failed
+    # Without the node's key the index cannot be signed again; and without a token the time is not proven.
+    assert {"package index signature", "manifest timestamp"} <= {c["name"] for c in failed}, failed
+    assert not [c for c in failed if c["name"] == "artifact matches manifest"]  # the artifacts are untouched
 
 
 def test_an_interrupted_preservation_is_finished_by_the_next_command(demo_server: FixtureServer,
@@ -376,7 +392,7 @@ def test_embedded_store_port_taken_keeps_the_capture_and_sync_uploads_it(
         squatter.bind(("127.0.0.1", 20433))
         squatter.listen()
         summary = capture(env | {"WZ_EMBEDDED_S3_PORT": "20433"}, [demo_server.base_url + PATH_PRODUCT],
-                          tmp_path / "c", duration="4")
+                          tmp_path / "c", duration="4", expect=4)
     record = summary["preservation"]
     assert summary["status"] == "complete" and record["stored_objects"] == 0
     [problem] = [p for p in record["problems"] if "kept in the spool" in p]

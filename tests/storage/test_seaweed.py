@@ -185,3 +185,12 @@ def test_store_from_settings_starts_the_embedded_server(tmp_path: Path) -> None:
         assert store.verify(store.put_file("f", path, content_type="x/y", digests=digests)).verified_at
     finally:
         embedded.stop()
+
+
+def test_a_failed_start_is_named_by_its_cause_not_by_the_start_banner(tmp_path: Path) -> None:
+    instance = EmbeddedSeaweed(tmp_path, s3_port=S3_PORT, port_base=PORT_BASE)
+    banner = [f"I1130 12:00:0{n} master.go:{n}] SeaweedFS {n} starting, listening on ..." for n in range(20)]
+    instance.log_path.write_text("\n".join([*banner[:12], "F1130 12:00:12 volume.go:99] failed to listen on "
+                                            "127.0.0.1:18402: bind: address already in use", *banner[12:]]) + "\n")
+    cause = instance._log_cause()
+    assert cause.startswith("F1130") and "address already in use" in cause and "\n" not in cause
