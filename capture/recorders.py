@@ -9,6 +9,7 @@ and a truncated TS still plays.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from capture.processes import spawn, stop
 from evidence import ComponentMissing, Layout
 from evidence.layout import SEGMENT_DIR
 
+_PROXY_VARIABLES = {"no_proxy", "http_proxy", "https_proxy", "all_proxy", "ftp_proxy"}
 CLOCK_TEXT = r"%{pts:gmtime:0:%Y-%m-%d %H\:%M\:%S}.%{eif:mod(t*1000,1000):d:3} UTC"
 
 
@@ -257,7 +259,9 @@ class StreamCopier(_FfmpegRecorder):
         headers = f"Referer: {self.referer}\r\n"
         if self.cookies:
             headers += f"Cookie: {self.cookies}\r\n"
-        options: dict[str, object] = {"headers": headers, "rw_timeout": 15_000_000, "http_proxy": self.proxy}
+        options: dict[str, object] = {"headers": headers, "rw_timeout": 15_000_000, "http_proxy": self.proxy,
+                                      # No file:, no data:, no protocol that could leave the egress proxy.
+                                      "protocol_whitelist": "http,https,tls,tcp,crypto,httpproxy"}
         if self.user_agent:
             options["user_agent"] = self.user_agent
         out = ffmpeg.output(ffmpeg.input(self.url, **options), str(self.output), map="0", c="copy", f="matroska")
@@ -267,7 +271,9 @@ class StreamCopier(_FfmpegRecorder):
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.started_at = datetime.now(UTC)
-        self._start(self.build_argv())
+        # ffmpeg skips -http_proxy for hosts in no_proxy and would then resolve and connect on its own.
+        env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
+        self._start(self.build_argv(), env=env)
 
     def write_info(self, exit_code: int | None) -> None:
         info = {

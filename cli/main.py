@@ -1,8 +1,10 @@
 """The `wz` command.
 
-Exit codes: 0 complete and preserved; 4 recorded completely, preservation pending (a timestamp or an upload
-waits; `wz sync` / `wz timestamp --pending`, or any later command, finishes it); 3 partial (some tiles failed, or
-the capture was interrupted); 2 usage error; 1 nothing captured or another failure.
+Exit codes: 0 complete and preserved (for `wz verify`: verified, origin and time pinned); 4 recorded completely,
+preservation pending (a timestamp or an upload waits; `wz sync` / `wz timestamp --pending`, or any later command,
+finishes it); 5 (`wz verify`) verified only against roots the package shipped: pin them with --ca / --tsa-ca;
+3 partial (some tiles failed, or the capture was interrupted); 2 usage error; 1 nothing captured, not verified,
+or another failure.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
-from capture.job import CaptureJob
+from capture.journal import active_captures
 from capture.layout import build_layout
-from capture.recovery import recover_interrupted
 from capture.targets import MAX_TILES, TargetPolicy, validate_targets
 from evidence import (
     CaptureEvent,
@@ -43,6 +44,7 @@ from evidence import (
     UsageError,
 )
 from evidence.layout import has_manifest, load_manifest
+from preservation.database import embedded_postgres
 from preservation.export import export_capture
 from preservation.maintenance import catch_up, preserve_recovered, survey
 from preservation.online import verify_capture
@@ -58,6 +60,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_PRESERVATION_PENDING = 4  # recorded completely; not everything is timestamped and in WORM storage yet
+EXIT_NOT_PINNED = 5  # a package verifies, but only against roots it shipped itself (origin or TSA not pinned)
 STATUS_EXIT = {CaptureStatus.COMPLETE: EXIT_OK, CaptureStatus.PARTIAL: EXIT_PARTIAL, CaptureStatus.FAILED: EXIT_FAILED}
 
 
@@ -106,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("sync", help="upload what the local spool still holds to the object store")
 
-    services = commands.add_parser("services", help="the embedded services (SeaweedFS)")
+    services = commands.add_parser("services", help="the embedded services (SeaweedFS, PostgreSQL)")
     services_commands = services.add_subparsers(dest="services_command", required=True, parser_class=_Parser)
-    services_commands.add_parser("stop", help="stop the embedded SeaweedFS")
+    services_commands.add_parser("stop", help="stop the embedded SeaweedFS and PostgreSQL")
 
     custody = commands.add_parser("custody", help="the chain-of-custody ledger")
     custody_commands = custody.add_subparsers(dest="custody_command", required=True, parser_class=_Parser)
@@ -202,6 +205,10 @@ def preservation_summary(record: PreservationRecord) -> dict[str, object]:
 
 def _recover(settings: Settings) -> list[dict[str, object]]:
     done: list[dict[str, object]] = []
+    if not active_captures(settings.active_dir):
+        return done
+    from capture.recovery import recover_interrupted  # recording code loads only when there is work for it
+
     for recovered in preserve_recovered(settings, recover_interrupted(settings), _say):
         if recovered.manifest is None:
             done.append({"directory": str(recovered.directory), "error": recovered.error})
@@ -220,6 +227,8 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
         was_running = seaweed.running()
         seaweed.stop()
         _say("embedded SeaweedFS stopped" if was_running else "embedded SeaweedFS was not running")
+        stopped = embedded_postgres(settings).stop()
+        _say("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
         return EXIT_OK
     if args.command == "verify" and not is_capture_id(args.target):
         target = Path(args.target)
@@ -322,7 +331,15 @@ def _print_verification(run: Callable[[], VerificationReport], as_json: bool) ->
             print(f"TSA NOT PINNED: the tokens of {', '.join(sorted(report.unpinned_tsas))} verify only against "
                   "roots shipped in the package, which a forger could have made; verify again with --tsa-ca and "
                   "the TSA's published root to prove their time")
-    return EXIT_OK if report.ok else EXIT_FAILED
+        if report.ok and not report.third_party_time and any(c.name.startswith("manifest timestamp")
+                                                             for c in report.checks):
+            print("NO THIRD-PARTY TIME: every timestamp comes from the capturing node's own (local) TSA; it proves "
+                  "the order of events on that node, not the time by an independent party")
+    if not report.ok:
+        return EXIT_FAILED
+    # Verified against roots the package brought along is integrity, not proof of origin or time: say it in the
+    # exit code too, so `wz verify PACKAGE && accept` cannot accept what a forger's own CA signed.
+    return EXIT_OK if report.pinned else EXIT_NOT_PINNED
 
 
 _SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
@@ -382,6 +399,8 @@ def prepare_capture(args: argparse.Namespace, settings: Settings) -> CaptureRequ
 
 
 def run_capture(request: CaptureRequest, settings: Settings, as_json: bool) -> int:
+    from capture.job import CaptureJob  # Playwright and the recorders load only for a capture
+
     services = Services(settings)
     job = CaptureJob(request, settings, on_event=ProgressPrinter(sys.stderr), stamp=services.timestamper.stamp,
                      on_created=functools.partial(register, settings.registry_dir))
@@ -417,6 +436,9 @@ def run_capture(request: CaptureRequest, settings: Settings, as_json: bool) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Evidence, keys, spool and ledger are the operator's alone (the embedded database's user may pass through
+    # the directories above the data directory, never read what is in them).
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from custody.proofs import checkpoint_body, compute_entry_hash, entry_bytes
 from evidence import Checkpoint, CustodyEntry, IntegrityError, LedgerCorrupt, SignatureInvalid
 from evidence.canonical import canonical_json
-from hashing.signing import issuing_root, verify_raw
+from hashing.signing import issuing_root, refuse_timestamping_signer, verify_raw
 
 DOCUMENT_SCHEMA = "wangzheng/custody-checkpoint/v1"
 CHECKPOINT_PREFIX = "custody/checkpoints/"
@@ -145,6 +145,7 @@ def verify_document(document: CheckpointDocument, *, node_roots: list[x509.Certi
         raise SignatureInvalid(f"{where}: its signer certificate cannot be read: {exc}") from exc
     if issuing_root(signer, node_roots) is None:
         raise SignatureInvalid(f"{where}: signed by {signer.subject.rfc4514_string()}, not issued by the trusted CA")
+    refuse_timestamping_signer(signer)
     body = checkpoint_body(cp)
     try:
         signature = base64.b64decode(cp.signature, validate=True)

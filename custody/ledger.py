@@ -142,17 +142,14 @@ _SQLITE_GUARDS: dict[str, str] = {
 }
 
 # No '%' anywhere: psycopg must never mistake part of this DDL for a parameter placeholder.
-_PG_FUNCTIONS = [
-    """
-CREATE OR REPLACE FUNCTION custody_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+_PG_FUNCTION_BODIES: dict[str, str] = {
+    "custody_refuse_change": """
 BEGIN
     RAISE EXCEPTION USING
         MESSAGE = 'custody ledger table ' || TG_TABLE_NAME || ' is append-only: ' || TG_OP || ' refused';
 END
-$fn$
 """,
-    """
-CREATE OR REPLACE FUNCTION custody_check_append() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    "custody_check_append": """
 DECLARE
     last_seq integer;
     last_hash text;
@@ -163,9 +160,18 @@ BEGIN
     END IF;
     RETURN NEW;
 END
-$fn$
 """,
-]
+}
+_PG_FUNCTIONS = [f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $fn${body}$fn$"
+                 for name, body in _PG_FUNCTION_BODIES.items()]
+# pg_trigger.tgtype bits: ROW 1, BEFORE 2, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32.
+_PG_GUARD_SHAPES: dict[str, tuple[str, int, str]] = {
+    **{f"{table}_append_only": (table, 1 | 2 | 8 | 16, "custody_refuse_change")
+       for table in ("custody_entries", "custody_checkpoints")},
+    **{f"{table}_no_truncate": (table, 2 | 32, "custody_refuse_change")
+       for table in ("custody_entries", "custody_checkpoints")},
+    "custody_entries_in_order": ("custody_entries", 1 | 2 | 4, "custody_check_append"),
+}
 _PG_GUARDS: dict[str, str] = {
     **{f"{table}_append_only": f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
                                "FOR EACH ROW EXECUTE FUNCTION custody_refuse_change()"
@@ -178,9 +184,9 @@ _PG_GUARDS: dict[str, str] = {
                                 "FOR EACH ROW EXECUTE FUNCTION custody_check_append()",
 }
 _PG_PRESENT = """
-SELECT t.tgname FROM pg_trigger t
-WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
-  AND t.tgrelid IN (to_regclass('custody_entries'), to_regclass('custody_checkpoints'))
+SELECT t.tgname, c.relname, t.tgtype, t.tgenabled, p.proname, p.prosrc
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE NOT t.tgisinternal AND t.tgrelid IN (to_regclass('custody_entries'), to_regclass('custody_checkpoints'))
 """
 
 
@@ -302,7 +308,9 @@ class Ledger:
     WAL, a busy timeout) or on PostgreSQL's `LOCK TABLE ... IN EXCLUSIVE MODE`.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, check_guards: bool = True) -> None:
+        """`check_guards=False` reads a ledger without touching or checking its guards (one being moved)."""
+        self._check_guards = check_guards
         self._engine = _engine_for(url)
         self._postgres = self._engine.dialect.name == "postgresql"
         self._where = self._engine.url.render_as_string(hide_password=True)
@@ -358,12 +366,13 @@ class Ledger:
                     if self._postgres:
                         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
                     fresh = not self._has_table(conn, ENTRIES.name)
+                    if fresh and not self._check_guards:
+                        raise UsageError(f"{self._where} holds no custody ledger to read")
                     _metadata.create_all(conn)
-                    version = conn.execute(select(META.c.value).where(META.c.key == "guards")).scalar()
-                    if fresh or version is None:
-                        self._install_guards(conn, self._guard_names(conn))
-                    else:
-                        self._missing_guards = tuple(sorted(set(self._expected_guards()) - self._guard_names(conn)))
+                    if fresh:
+                        self._install_guards(conn, set())
+                    elif self._check_guards:
+                        self._missing_guards = self._missing(conn)
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise EvidenceError(f"the custody database {self._where} cannot be used: {exc.orig}; check "
                                 f"WZ_DATABASE_URL and that the database is running") from exc
@@ -379,9 +388,27 @@ class Ledger:
         return _PG_GUARDS if self._postgres else _SQLITE_GUARDS
 
     def _guard_names(self, conn: Connection) -> set[str]:
+        """The guards that are in place and intact: present, enabled, and doing what they were made to do.
+
+        A trigger of the right name that does something else (a no-op body, a replaced function, a trigger set
+        to fire only for replicas) does not count: only the name was checked before, and that was easy to fake.
+        """
+        intact: set[str] = set()
         if self._postgres:
-            return {str(row[0]) for row in conn.exec_driver_sql(_PG_PRESENT)}
-        return {str(row[0]) for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+            for name, table, kind, enabled, function, source in conn.exec_driver_sql(_PG_PRESENT):
+                shape = _PG_GUARD_SHAPES.get(str(name))
+                if shape is None or enabled not in ("O", "A"):
+                    continue
+                if (str(table), int(kind), str(function)) == shape and source == _PG_FUNCTION_BODIES[shape[2]]:
+                    intact.add(str(name))
+            return intact
+        for name, sql in conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"):
+            if _SQLITE_GUARDS.get(str(name)) == sql:
+                intact.add(str(name))
+        return intact
+
+    def _guards_recorded(self, conn: Connection) -> bool:
+        return conn.execute(select(META.c.value).where(META.c.key == "guards")).scalar() == GUARDS_VERSION
 
     def _install_guards(self, conn: Connection, present: set[str]) -> list[str]:
         if self._postgres:
@@ -391,9 +418,12 @@ class Ledger:
         for name, ddl in self._expected_guards().items():
             if name in present:
                 continue
-            if self._postgres:  # a disabled trigger is dropped and made again
+            # A trigger of this name that is not intact (disabled, or made to do something else) goes first.
+            if self._postgres:
                 table = "custody_entries" if name.startswith("custody_entries") else "custody_checkpoints"
                 conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            else:
+                conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
             conn.exec_driver_sql(ddl)
             installed.append(name)
         conn.execute(META.delete().where(META.c.key == "guards"))
@@ -407,10 +437,17 @@ class Ledger:
                 f"disabled in {self._where}): someone changed the database directly. Nothing more is appended. "
                 "Run `wz custody verify` to see what was changed, then `wz custody restore-guards` on purpose")
 
+    def _missing(self, conn: Connection) -> tuple[str, ...]:
+        missing = sorted(set(self._expected_guards()) - self._guard_names(conn))
+        if not self._guards_recorded(conn):
+            missing.append(f"the guards' version record (custody_meta 'guards' = {GUARDS_VERSION})")
+        return tuple(missing)
+
     def _refresh_guards(self) -> None:
+        if not self._check_guards:
+            return
         with self._transaction(write=False) as conn:
-            present = self._guard_names(conn)
-        self._missing_guards = tuple(sorted(set(self._expected_guards()) - present))
+            self._missing_guards = self._missing(conn)
 
     def restore_guards(self) -> list[str]:
         """Recreate missing guards, on purpose, after tampering was investigated; returns the ones recreated."""
@@ -419,9 +456,10 @@ class Ledger:
         with self._transaction(write=True) as conn:
             if self._postgres:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+            recorded = self._guards_recorded(conn)
             installed = self._install_guards(conn, self._guard_names(conn))
         self._missing_guards = ()
-        return installed
+        return installed if installed or recorded else ["the guards' version record"]
 
     # -- entries --
 
@@ -548,6 +586,31 @@ class Ledger:
                 except Exception as exc:
                     raise LedgerCorrupt(f"{where}: signature does not verify: {exc or type(exc).__name__}") from exc
 
+    def import_ledger(self, source: Ledger) -> int:
+        """Copy another ledger into this empty one, byte for byte, and check both trees are one.
+
+        For moving a ledger between databases (the SQLite file of earlier versions into PostgreSQL): entries and
+        checkpoints keep their exact text, so every hash, proof and signature made over them still holds.
+        Returns how many entries were copied; raises LedgerCorrupt when the source does not verify.
+        """
+        size, root = source.verify()
+        if self.size() != 0:
+            raise UsageError("the ledger to import into is not empty")
+        with source._transaction(write=False) as conn:
+            entries = [dict(row._mapping) for row in conn.execute(select(ENTRIES).order_by(ENTRIES.c.seq))]
+            checkpoints = [dict(row._mapping) for row in conn.execute(
+                select(CHECKPOINTS).order_by(CHECKPOINTS.c.tree_size))]
+        with self._transaction(write=True, lock=ENTRIES) as conn:
+            for start in range(0, len(entries), 1000):
+                conn.execute(insert(ENTRIES), entries[start:start + 1000])
+            if checkpoints:
+                conn.execute(insert(CHECKPOINTS), checkpoints)
+        copied, copied_root = self.verify()
+        if (copied, copied_root) != (size, root):
+            raise LedgerCorrupt(f"the imported ledger has {copied} entries and root {copied_root.hex()[:16]}…, not "
+                                f"{size} and {root.hex()[:16]}…")
+        return size
+
     def roots_at(self, sizes: Iterable[int]) -> dict[int, bytes]:
         """The Merkle root of the first n entries, for each n the ledger holds (every entry checked on the way)."""
         with self._transaction(write=False) as conn:
@@ -573,6 +636,16 @@ class Ledger:
         path = merkle.inclusion_proof(seq - 1, tree_size, leaves)
         return InclusionProof(seq=seq, leaf_index=seq - 1, tree_size=tree_size, leaf_hash=leaves[seq - 1].hex(),
                               root=merkle.root(leaves).hex(), path=tuple(p.hex() for p in path))
+
+    def inclusion_proofs(self, seqs: Iterable[int], tree_size: int) -> list[InclusionProof]:
+        """Proofs of many entries in the tree of `tree_size` entries, reading the ledger once."""
+        wanted = list(seqs)
+        with self._transaction(write=False) as conn:
+            leaves = self._proof_leaves(conn, tree_size)
+        root = merkle.root(leaves).hex()
+        paths = merkle.inclusion_proofs([seq - 1 for seq in wanted], leaves)
+        return [InclusionProof(seq=seq, leaf_index=seq - 1, tree_size=tree_size, leaf_hash=leaves[seq - 1].hex(),
+                               root=root, path=tuple(p.hex() for p in paths[seq - 1])) for seq in wanted]
 
     def consistency_proof(self, old_size: int, new_size: int) -> ConsistencyProof:
         """Proof that the tree of `old_size` entries is a prefix of the tree of `new_size` entries."""

@@ -124,6 +124,40 @@ def inclusion_proof(index: int, size: int, leaves: Sequence[bytes]) -> list[byte
     return path
 
 
+def levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree, leaves first: pairs hashed, an odd last node carried up unchanged. That is the
+    RFC 9162 tree built bottom-up (its split at the largest power of two puts every odd node at the right edge)."""
+    _check_leaves(leaves)
+    built = [list(leaves)]
+    while len(built[-1]) > 1:
+        below = built[-1]
+        above = [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+        if len(below) % 2:
+            above.append(below[-1])
+        built.append(above)
+    return built
+
+
+def inclusion_proofs(indices: Iterable[int], leaves: Sequence[bytes]) -> dict[int, list[bytes]]:
+    """The audit paths of many leaves of the tree of all `leaves`, the tree built once: O(n + k log n), where
+    `inclusion_proof` one at a time costs O(n) each."""
+    tree = levels(leaves) if leaves else [[]]
+    size = len(leaves)
+    paths: dict[int, list[bytes]] = {}
+    for index in indices:
+        if not 0 <= index < size:
+            raise UsageError(f"no leaf {index} in a tree of size {size}")
+        path = []
+        position = index
+        for level in tree[:-1]:
+            sibling = position ^ 1
+            if sibling < len(level):
+                path.append(level[sibling])
+            position //= 2
+        paths[index] = path
+    return paths
+
+
 def consistency_proof(old_size: int, new_size: int, leaves: Sequence[bytes]) -> list[bytes]:
     """RFC 9162 §2.1.4.1 PROOF(m, D[n]) that the first `old_size` leaves are a prefix of the first `new_size`.
 

@@ -62,7 +62,15 @@ class Settings(BaseSettings):
         description="UNSAFE: store into a bucket without Object Lock (objects could then be deleted).",
     )
     embedded_s3_port: int = Field(default=8333, ge=1, le=65535)
-    database_url: str = Field(default="", description="SQLAlchemy URL of the custody ledger; empty: SQLite.")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the database (custody ledger, users, cases, jobs): postgresql+psycopg://... "
+        "Empty: the embedded PostgreSQL under the data directory. sqlite:///FILE holds a ledger only.",
+    )
+    embedded_db_port: int = Field(
+        default=5432, ge=1, le=65535,
+        description="Names the embedded PostgreSQL's Unix socket (it listens on no TCP port).",
+    )
     actor: str = Field(default="", description="Who acts, for the custody ledger; default: the login name.")
 
     @property
@@ -88,8 +96,9 @@ class Settings(BaseSettings):
         return self.data_dir / "services"
 
     @property
-    def ledger_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'custody.sqlite3'}"
+    def legacy_ledger_path(self) -> Path:
+        """Where the ledger was kept (SQLite) before the embedded PostgreSQL; moved there on first start."""
+        return self.data_dir / "custody.sqlite3"
 
     @property
     def captures_dir(self) -> Path:

@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evidence import IntegrityError, SignatureInvalid
 from hashing.digest import CHUNK
@@ -346,12 +346,25 @@ def _check_signing_certificate(certificate: x509.Certificate, root: x509.Certifi
         constraints = None
     if constraints is None or not constraints.ca:
         raise SignatureInvalid(f"signer not issued by a trusted CA: {root.subject.rfc4514_string()} is not a CA")
+    refuse_timestamping_signer(certificate)
     try:
         usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return
     if not (usage.digital_signature or usage.content_commitment):
         raise SignatureInvalid("the signer certificate's key usage does not allow signatures")
+
+
+def refuse_timestamping_signer(certificate: x509.Certificate) -> None:
+    """The node's CA issues two keys: the evidence signer and the local TSA. A signature on evidence made with the
+    TSA's key proves nothing about the evidence (that key signs whatever digest it is sent)."""
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.TIME_STAMPING in list(usages):
+        raise SignatureInvalid(f"{certificate.subject.rfc4514_string()} is a time-stamping certificate, not a signer "
+                               "of evidence")
 
 
 def verify_raw(data: bytes, signature: bytes, certificate: x509.Certificate) -> None:

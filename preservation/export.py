@@ -97,7 +97,7 @@ def export_capture(services: Services, capture_dir: Path, output: Path) -> Path:
     services.record(CustodyAction.EXPORTED, manifest.capture_id, {"package": output.name})
     checkpoint = services.checkpoint()
     entries = [e for e in ledger.entries(subject=manifest.capture_id) if e.seq <= checkpoint.tree_size]
-    proofs = [ledger.inclusion_proof(e.seq, checkpoint.tree_size) for e in entries]
+    proofs = ledger.inclusion_proofs([e.seq for e in entries], checkpoint.tree_size)
     earlier = _covering_checkpoints(services, [e.seq for e in entries], checkpoint)
     expected = {a.path: a.digests.sha256 for a in manifest.artifacts}
     expected[MANIFEST] = preservation.manifest.sha256

@@ -49,7 +49,7 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
     def ledger() -> str:
         return services.verify_custody().describe()
 
-    report.run("custody ledger", services.settings.ledger_url.split("@")[-1], ledger)
+    report.run("custody ledger", services.database_url.split("@")[-1], ledger)
     subject_entries = services.ledger.entries(subject=manifest.capture_id)
     report.checks.append(Check("custody entries for capture", manifest.capture_id, bool(subject_entries),
                                f"{len(subject_entries)} entries: " + ", ".join(e.action for e in subject_entries)))

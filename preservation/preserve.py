@@ -103,7 +103,7 @@ class Preserver:
             record = self._timestamp(capture_dir, record)
             record = self._save(capture_dir, record.with_done(PreservationStep.TIMESTAMPED))
         record = self.store(capture_dir, record, manifest)
-        record = self.checkpoint(record)
+        record = self.checkpoint(record, capture_dir)
         return self._save(capture_dir, record.model_copy(update={"complete": True}))
 
     def _sign(self, capture_dir: Path, record: PreservationRecord) -> PreservationRecord:
@@ -263,7 +263,8 @@ class Preserver:
             note(f"object store unavailable, {self._waiting()} file(s) kept in the spool for `wz sync`: {exc}")
             return self._waiting(), holder.get(own[1].capture_id) if own is not None else None
         self._store_reached = True
-        result = self.services.spool.sync(store, on_stored=stored, wait=wait)
+        with self.services.one_checkpoint():
+            result = self.services.spool.sync(store, on_stored=stored, wait=wait)
         if result.busy:
             self.report("another wz process is uploading the spool; what it leaves is uploaded by the next command")
         for problem in result.problems:
@@ -289,11 +290,14 @@ class Preserver:
             record = self._save(capture_dir, record.with_stored(stored.model_copy(update={"legal_hold": on})))
         action = CustodyAction.LEGAL_HOLD if on else CustodyAction.LEGAL_HOLD_RELEASED
         record = self._custody(record, action, {"objects": len(record.stored), "reason": reason})
-        self._save(capture_dir, self.checkpoint(record))
+        self._save(capture_dir, self.checkpoint(record, capture_dir))
         return len(record.stored)
 
-    def checkpoint(self, record: PreservationRecord) -> PreservationRecord:
-        """Sign and timestamp the ledger as it is now, and put the checkpoint's document in WORM storage."""
+    def checkpoint(self, record: PreservationRecord, capture_dir: Path) -> PreservationRecord:
+        """Sign and timestamp the ledger as it is now, and put the checkpoint's document in WORM storage.
+
+        Returns the record as the upload left it: that sync may also store what the capture's own sync could not
+        (a store back up), and records it, so the caller must carry on from this record, not its own."""
         try:
             checkpoint = self.services.checkpoint()
         except EvidenceError as exc:
@@ -302,7 +306,9 @@ class Preserver:
             return record.with_problem(message)
         self.report(f"custody ledger checkpoint: {checkpoint.tree_size} entries, root {checkpoint.root_hash[:16]}…")
         if self._store_reached is not False:  # a store found down moments ago is not asked (and reported) again
-            self._sync(own=None, wait=True)
+            _left, synced = self._sync(own=(capture_dir, record), wait=True)
+            if synced is not None:
+                return synced
         return record
 
 

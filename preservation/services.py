@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +43,7 @@ from hashing.pki import LocalPki
 from hashing.rfc3161 import HttpTimestamper, TsaEntry, external_tsa_entries, retry_pending, verify_response
 from hashing.signing import LocalSigner, Signer, verify_raw
 from hashing.tsa import LocalTsa
+from preservation.database import database_url
 from preservation.registry import locate
 from storage.s3 import ObjectStore, store_from_settings
 from storage.spool import Spool, SpoolItem
@@ -90,8 +93,10 @@ class Services:
         self.local_tsa: LocalTsa | None = None
         self._store: ObjectStore | None = None
         self.spool = Spool(settings.spool_dir)
-        self.ledger = Ledger(settings.ledger_url)
+        self.database_url = database_url(settings)
+        self.ledger = Ledger(self.database_url)
         self._latest: Checkpoint | None = None
+        self._deferred = 0
         self.timestamper = HttpTimestamper(self._tsa_endpoints(), timeout=settings.tsa_timeout_seconds)
 
     def _tsa_endpoints(self) -> list[TsaEntry]:
@@ -147,12 +152,27 @@ class Services:
         whenever CHECKPOINT_EVERY_ENTRIES entries or CHECKPOINT_EVERY_SECONDS have passed since the last one,
         so what a checkpoint in WORM storage does not yet cover stays small."""
         entry = self.ledger.append(self.actor, action, subject, details)
+        if self._deferred:
+            return entry  # a batch in progress checkpoints once, at its end
         latest = self._latest_checkpoint()
         covered = latest.tree_size if latest is not None else 0
         age = (entry.at - latest.at).total_seconds() if latest is not None else 0.0
         if entry.seq - covered >= CHECKPOINT_EVERY_ENTRIES or age >= CHECKPOINT_EVERY_SECONDS:
             self.checkpoint()
         return entry
+
+    @contextlib.contextmanager
+    def one_checkpoint(self) -> Iterator[None]:
+        """Record a batch (every object of a sync) under one checkpoint at its end, not one per 32 entries: each
+        checkpoint reads the whole ledger, and a 30,000-object capture would otherwise make some 900 of them."""
+        before = self.ledger.size()
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+        if not self._deferred and self.ledger.size() > before:
+            self.checkpoint()
 
     def _latest_checkpoint(self) -> Checkpoint | None:
         if self._latest is None:
@@ -170,6 +190,7 @@ class Services:
             granted = [r for r in records if r.status == TimestampStatus.GRANTED]
             return granted[0] if granted else None
 
+        self._check_against_kept()
         checkpoint = self.ledger.checkpoint(self.signer.name, self.signer.sign_raw, stamp)
         self._latest = checkpoint
         self._keep_in_worm(checkpoint)
@@ -204,6 +225,28 @@ class Services:
             key=checkpoint_key(checkpoint.tree_size), relative_path=relative, content_type="application/json",
             digests=digests)])
 
+    def _check_against_kept(self) -> None:
+        """Never sign a history that contradicts the last checkpoint this node kept.
+
+        Someone with database access alone can rewrite entries, re-chain every hash and delete the checkpoint rows;
+        the ledger then recomputes, and signing it would give the rewrite the node's signature. The checkpoint
+        documents kept beside the ledger (and in WORM storage) are out of that person's reach: the ledger must
+        still hash to the newest one's root at its size."""
+        folder = self.worm_checkpoint_dir
+        kept = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        if not kept:
+            return
+        document = CheckpointDocument.from_bytes(kept[-1].read_bytes(), str(kept[-1]))
+        verify_document(document, node_roots=[self.pki.ca_certificate()], check_token=self.check_token)
+        roots = self.ledger.roots_at([document.tree_size])
+        if document.tree_size not in roots:
+            raise LedgerCorrupt(f"the ledger holds fewer entries than the {document.tree_size} its last kept "
+                                f"checkpoint covers ({kept[-1]}): entries were removed; not signing it")
+        if roots[document.tree_size].hex() != document.checkpoint.root_hash:
+            raise LedgerCorrupt(f"the ledger's first {document.tree_size} entries no longer hash to the root of its "
+                                f"last kept checkpoint ({kept[-1]}): its history was rewritten; not signing it. "
+                                "Run `wz custody verify`")
+
     @property
     def worm_checkpoint_dir(self) -> Path:
         """Checkpoint documents as they go to WORM storage."""
@@ -232,9 +275,10 @@ class Services:
         entries and the checkpoints above them, or rewriting an entry and every hash after it, leaves a ledger
         that recomputes. The documents in the object-locked bucket (COMPLIANCE: nobody can delete or replace
         them) still hold what each checkpoint covered; any difference is named, entry by entry."""
-        size, root = self.ledger.verify(self.verify_checkpoint)
+        # WORM first: a checkpoint another process makes meanwhile covers entries the ledger read after it holds.
         store = self.store()
         versions = store.versions(CHECKPOINT_PREFIX)
+        size, root = self.ledger.verify(self.verify_checkpoint)
         documents: list[CheckpointDocument] = []
         by_key: dict[str, list[str]] = {}
         for version in versions:

@@ -29,6 +29,7 @@ import re
 import stat
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -62,7 +63,7 @@ from evidence.layout import CHAIN_FILE, MANIFEST, PRESERVATION, SIGNATURE
 from hashing import digest_stream
 from hashing.chain import GENESIS, chain_step
 from hashing.rfc3161 import verify_response
-from hashing.signing import issuing_root, verify_detached, verify_raw
+from hashing.signing import issuing_root, refuse_timestamping_signer, verify_detached, verify_raw
 
 INDEX = "SHA256SUMS"
 INDEX_SIGNATURE = "SHA256SUMS.p7s"
@@ -76,7 +77,9 @@ MAX_LINE_BYTES = 1 << 20
 MAX_MESSAGE = 400
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _READ_ERRORS = (EvidenceError, ValueError, KeyError, OSError, zipfile.BadZipFile, ValidationError, UnicodeError,
-                binascii.Error, RecursionError, EOFError)
+                binascii.Error, RecursionError, EOFError, zlib.error, TypeError, AttributeError, IndexError)
+MAX_EXPANSION = 64  # deflated members together may grow at most this many times, beyond a first GiB
+MAX_LINES = 4 * MAX_MEMBERS
 
 
 def _short(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -102,6 +105,7 @@ class VerificationReport:
     checks: list[Check] = field(default_factory=list)
     origin_pinned: bool = False
     unpinned_tsas: set[str] = field(default_factory=set)  # external TSAs trusted only by roots from the evidence
+    third_party_time: bool = False  # a manifest token verified that chains to a root other than the node's
 
     @property
     def ok(self) -> bool:
@@ -114,6 +118,11 @@ class VerificationReport:
     @property
     def tsa_pinned(self) -> bool:
         return not self.unpinned_tsas
+
+    @property
+    def pinned(self) -> bool:
+        """Origin and time proven against roots the verifier brought, not only roots the package shipped."""
+        return self.origin_pinned and self.tsa_pinned
 
     def add(self, name: str, subject: str, ok: bool, detail: str = "") -> None:
         self.checks.append(Check(name, _short(subject, 300), ok, _short(detail)))
@@ -131,6 +140,7 @@ class VerificationReport:
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "ok": self.ok, "origin_pinned": self.origin_pinned,
                 "tsa_pinned": self.tsa_pinned, "unpinned_tsas": sorted(self.unpinned_tsas),
+                "third_party_time": self.third_party_time, "pinned": self.pinned,
                 "checks": [asdict(c) for c in self.checks]}
 
     def raise_for_failures(self) -> None:
@@ -217,10 +227,45 @@ def open_package(path: Path) -> tuple[zipfile.ZipFile, str]:
             roots.add(info.filename.split("/", 1)[0])
         if len(roots) != 1 or all("/" not in name for name in seen.values()):
             raise IntegrityError("expected every file inside one top-level folder named by the capture id")
+        deflated = [i for i in archive.infolist() if i.compress_type == zipfile.ZIP_DEFLATED]
+        packed, unpacked = sum(i.compress_size for i in deflated), sum(i.file_size for i in deflated)
+        if unpacked > MAX_EXPANSION * packed + (1 << 30):
+            raise IntegrityError(f"refused: its compressed members would expand to {unpacked} bytes from {packed} "
+                                 f"(more than {MAX_EXPANSION} times): a decompression bomb, not a package")
+        _check_tiling(path, archive)
         return archive, roots.pop()
     except BaseException:
         archive.close()
         raise
+
+
+def _check_tiling(path: Path, archive: zipfile.ZipFile) -> None:
+    """The members, read in file order, must cover the file from its first byte to the central directory:
+    bytes no directory entry points at (a second `manifest.json` that a streaming unzip would read) are refused."""
+    infos = sorted(archive.infolist(), key=lambda i: i.header_offset)
+    directory_offset = archive.start_dir
+    with path.open("rb") as handle:
+        position = 0
+        for info in infos:
+            if info.header_offset != position:
+                raise IntegrityError(f"refused: {info.header_offset - position} byte(s) at offset {position} belong "
+                                     "to no member listed in the zip's directory")
+            handle.seek(info.header_offset)
+            header = handle.read(30)
+            if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                raise IntegrityError(f"refused: no local header where member {info.filename[:100]!r} begins")
+            name_length, extra_length = struct.unpack("<HH", header[26:30])
+            end = info.header_offset + 30 + name_length + extra_length + info.compress_size
+            if info.flag_bits & 0x08:  # a data descriptor follows: 12 to 24 bytes, with or without its signature
+                handle.seek(end)
+                descriptor = handle.read(4)
+                signed = 4 if descriptor == b"PK\x07\x08" else 0
+                zip64 = info.file_size >= 0xFFFFFFFF or info.compress_size >= 0xFFFFFFFF
+                end += signed + (20 if zip64 else 12)
+            position = end
+        if position != directory_offset:
+            raise IntegrityError(f"refused: {directory_offset - position} byte(s) before the zip's directory belong "
+                                 "to no member")
 
 
 class EvidenceSource:
@@ -488,6 +533,8 @@ def _check_tokens(report: VerificationReport, source: EvidenceSource, record: Pr
                                     hash_algorithm=stamp.hash_algorithm, claimed_local=stamp.local_tsa,
                                     evidence_roots=_load_roots(source, *(p for p in [stamp.chain_path] if p)))
             tied = ties.check(stamp, token) if ties is not None else ""
+            if not verdict.local:
+                report.third_party_time = True
             return verdict.said + (f"; {tied}" if tied else "")
 
         if report.run(label, subject, check):
@@ -508,6 +555,8 @@ def _check_chain(report: VerificationReport, source: EvidenceSource) -> list[str
         problems: list[str] = []
         for line in source.lines(CHAIN_FILE):
             entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise IntegrityError(f"line {len(heads) + 1} is not a JSON object")
             head = chain_step(head, str(entry["sha256"]))
             heads.append(head)
             if head != entry["chain"]:
@@ -591,10 +640,16 @@ def verify_source(report: VerificationReport, source: EvidenceSource, trust: Tru
 def _custody_ties(source: EvidenceSource) -> _Ties:
     """The 'timestamped' entries of the package's custody record (checked for inclusion separately)."""
     ties = _Ties()
-    for line in source.lines("custody/entries.jsonl"):
+    for count, line in enumerate(source.lines("custody/entries.jsonl"), start=1):
+        if count > MAX_LINES:
+            raise IntegrityError(f"custody/entries.jsonl holds more than {MAX_LINES} entries")
         entry = CustodyEntry.model_validate_json(line)
-        if entry.action == CustodyAction.TIMESTAMPED and isinstance(entry.details.get("token"), str):
-            ties.tokens[entry.details["token"]] = {**entry.details, "seq": entry.seq}
+        token = entry.details.get("token")
+        if entry.action == CustodyAction.TIMESTAMPED and isinstance(token, str) and len(token) <= MAX_NAME_LENGTH:
+            kept: dict[str, Any] = {k: entry.details[k] for k in ("token_sha256", "serial") if k in entry.details}
+            ties.tokens[token] = {**kept, "seq": entry.seq}
+            if len(ties.tokens) > MAX_MEMBERS:
+                raise IntegrityError("more timestamp entries than a package may hold")
     return ties
 
 
@@ -621,6 +676,7 @@ def _check_checkpoint(report: VerificationReport, source: EvidenceSource, trust:
         signer = x509.load_pem_x509_certificate(source.read("custody/checkpoint-signer.pem"))
         if issuing_root(signer, trust.node_roots) is None:
             raise IntegrityError("the checkpoint signer is not issued by the trusted CA")
+        refuse_timestamping_signer(signer)
         verify_raw(body, source.read("custody/checkpoint.sig"), signer)
         return f"tree size {checkpoint.tree_size}, root {checkpoint.root_hash}"
 
@@ -646,8 +702,8 @@ def _check_entries(report: VerificationReport, source: EvidenceSource, capture_i
     hashed = signed = 0
     proofs = _proof_lines(source)
     for count, line in enumerate(source.lines("custody/entries.jsonl"), start=1):
-        if count > 4 * MAX_MEMBERS:
-            raise IntegrityError(f"more than {4 * MAX_MEMBERS} custody entries")
+        if count > MAX_LINES:
+            raise IntegrityError(f"more than {MAX_LINES} custody entries")
         entry = CustodyEntry.model_validate_json(line)
         if entry.action == CustodyAction.HASHED and entry.details.get("manifest_sha256") == manifest_sha256:
             hashed = entry.seq
@@ -682,8 +738,12 @@ def _check_history(report: VerificationReport, source: EvidenceSource, trust: Tr
     sizes: dict[int, str] = {newest.tree_size: newest.root_hash}
     if source.exists("custody/checkpoints.jsonl"):
         signer_pem = source.read("custody/checkpoint-signer.pem").decode("ascii")
-        for line in source.lines("custody/checkpoints.jsonl"):
+        for count, line in enumerate(source.lines("custody/checkpoints.jsonl"), start=1):
+            if count > MAX_MEMBERS:
+                raise IntegrityError(f"custody/checkpoints.jsonl holds more than {MAX_MEMBERS} checkpoints")
             item = json.loads(line)
+            if not isinstance(item, dict):
+                raise IntegrityError(f"custody/checkpoints.jsonl: line {count} is not a JSON object")
             document = CheckpointDocument.from_bytes(json.dumps(item["document"]).encode(), "custody/checkpoints.jsonl")
             older = document.checkpoint
 

@@ -54,7 +54,8 @@ def genuine_package(work: Path, artifacts: int = 4) -> tuple[Path, str]:
     from preservation.services import Services
 
     settings = Settings(data_dir=work / "data", s3_endpoint="127.0.0.1:9", s3_access_key="bench",
-                        s3_secret_key="bench-only", actor="bench", ntp_timeout_seconds=1)  # noqa: S106
+                        s3_secret_key="bench-only", actor="bench", ntp_timeout_seconds=1,  # noqa: S106
+                        database_url=f"sqlite:///{work / 'data' / 'custody.sqlite3'}")
     capture_id = f"wz-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     directory = work / f"capture-{artifacts}"
     for n in range(artifacts):

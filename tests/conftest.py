@@ -19,6 +19,7 @@ import pytest
 
 from capture.fixtures import FixtureServer
 from storage import EmbeddedSeaweed, S3Endpoint
+from storage.postgres import EmbeddedPostgres
 
 REQUIRED_PROGRAMS = ("ffmpeg", "ffprobe", "Xvfb", "pulseaudio", "pactl")
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,31 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     used = sorted({SERVER_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SERVER_FIXTURES})
     if used:
         raise pytest.UsageError(f"{item.nodeid} uses {', '.join(used)} but is not marked integration")
+
+
+def stop_embedded_databases(root: Path) -> None:
+    """Every `wz` run with a fresh data directory starts its own embedded PostgreSQL (it outlives the command, as it
+    does for a user): stop those a test left under `root`."""
+    if not root.is_dir():
+        return
+    for pid_file in root.glob("**/services/postgres/data/postmaster.pid"):
+        EmbeddedPostgres(pid_file.parent.parent).stop()
+
+
+@pytest.fixture(autouse=True)
+def _embedded_databases_stopped(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Asked for here, at set-up, so tmp_path outlives this fixture's tear-down.
+    wanted = "tmp_path" in request.fixturenames and request.node.get_closest_marker("integration") is not None
+    root: Path | None = request.getfixturevalue("tmp_path") if wanted else None
+    yield
+    if root is not None:
+        stop_embedded_databases(root)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_databases_stopped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    yield
+    stop_embedded_databases(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +134,8 @@ def offline_env(data_dir: Path) -> dict[str, str]:
         "WZ_S3_ENDPOINT": "127.0.0.1:9",  # discard: nothing answers, so a command that needs the store says so
         "WZ_S3_ACCESS_KEY": "unused",
         "WZ_S3_SECRET_KEY": "unused-secret",
+        # A ledger in one SQLite file: the fast tier starts no database server.
+        "WZ_DATABASE_URL": f"sqlite:///{data_dir / 'custody.sqlite3'}",
     }
 
 

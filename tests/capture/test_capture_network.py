@@ -89,7 +89,9 @@ def test_the_stream_copier_reaches_only_what_the_page_may(internal: RecordingSer
     with RecordingServer("127.0.0.2", {}) as shop:
         shop.routes["/live.m3u8"] = (200, {"Content-Type": "application/vnd.apple.mpegurl"}, playlist)
         shop.routes["/room"] = html(f'<video src="{shop.origin}/live.m3u8" autoplay muted></video>')
-        env = base_env(tmp_path / "data", s3_server) | ALLOW_TWO
+        # A machine whose no_proxy lists local addresses: ffmpeg would then go around -http_proxy by itself.
+        env = base_env(tmp_path / "data", s3_server) | ALLOW_TWO | {"no_proxy": "127.0.0.1,127.0.0.2,localhost",
+                                                                     "NO_PROXY": "127.0.0.1,127.0.0.2,localhost"}
         result = wz(["capture", f"{shop.origin}/room", "--duration", "8", "--out", str(tmp_path / "c"), "--json"],
                     env)
         fetched = shop.paths()

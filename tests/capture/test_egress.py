@@ -160,3 +160,99 @@ def test_malformed_proxy_requests_get_400(request_line: bytes) -> None:
         assert answer.startswith(b"HTTP/1.1 400") and lookups == []
 
     asyncio.run(run())
+
+
+def test_a_response_goes_back_with_connection_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server would keep the connection alive; the browser is told it ends, and it does."""
+    async def run() -> None:
+        with RecordingServer("127.0.0.2", {"/a": html("a")}) as shop:
+            proxy, _ = _proxy(ONLY_TWO, {"shop.test": [["127.0.0.2"]]})
+            port = await proxy.listen(1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET http://shop.test:{shop.port}/a HTTP/1.1\r\nHost: shop.test\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert b"Connection: close" in head and b"keep-alive" not in head.lower()
+            assert await asyncio.wait_for(reader.read(-1), 10) == b"a"  # and the connection ends with the body
+            writer.close()
+            await proxy.close()
+
+    asyncio.run(run())
+
+
+def test_abandoned_connections_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page that opens connections to a server that never answers and then gives up on them must not exhaust
+    the capture's file descriptors: once the browser is gone the server gets a short grace, then both close."""
+    from capture import egress
+
+    monkeypatch.setattr(egress, "CLOSE_GRACE", 0.2)
+
+    async def run() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(60)
+
+        server = await asyncio.start_server(silent, "127.0.0.2", 0)
+        silent_port = server.sockets[0].getsockname()[1]
+        proxy, _ = _proxy(ONLY_TWO, {"slow.test": [["127.0.0.2"]]})
+        port = await proxy.listen(1)
+        for _ in range(50):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"CONNECT slow.test:{silent_port} HTTP/1.1\r\n\r\n".encode())
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()  # as a fetch() that was aborted
+        await asyncio.sleep(1.0)
+        assert len(proxy._connections) == 0
+        await proxy.close()
+        server.close()
+
+    asyncio.run(run())
+
+
+def test_more_connections_than_a_tile_may_hold_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from capture import egress
+
+    monkeypatch.setattr(egress, "MAX_CONNECTIONS_PER_TILE", 3)
+
+    async def run() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(60)
+
+        server = await asyncio.start_server(silent, "127.0.0.2", 0)
+        silent_port = server.sockets[0].getsockname()[1]
+        proxy, _ = _proxy(ONLY_TWO, {"slow.test": [["127.0.0.2"]]})
+        port = await proxy.listen(1)
+        held = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"CONNECT slow.test:{silent_port} HTTP/1.1\r\n\r\n".encode())
+            await reader.readuntil(b"\r\n\r\n")
+            held.append(writer)
+        assert (await _exchange(port, b"CONNECT slow.test:1 HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 503")
+        for writer in held:
+            writer.close()
+        await proxy.close()
+        server.close()
+
+    asyncio.run(run())
+
+
+def test_a_lookup_that_hangs_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from capture import egress
+
+    monkeypatch.setattr(egress, "RESOLVE_TIMEOUT", 0.3)
+    released = threading.Event()
+
+    def hanging(host: str) -> Sequence[str]:
+        released.wait(10)
+        return ["127.0.0.2"]
+
+    async def run() -> None:
+        proxy = EgressProxy(ONLY_TWO, resolver=hanging)
+        port = await proxy.listen(1)
+        answer = await _exchange(port, b"GET http://tarpit.test/ HTTP/1.1\r\n\r\n")
+        released.set()
+        await proxy.close()
+        assert answer.startswith(b"HTTP/1.1 403") and b"did not resolve within" in answer
+
+    asyncio.run(run())

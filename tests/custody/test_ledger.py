@@ -317,6 +317,36 @@ def test_a_disabled_trigger_counts_as_missing(db: Database, ledger: Ledger) -> N
             reopened.append("alice", "captured", "cap", {})
 
 
+def test_guards_that_are_there_in_name_only_count_as_gone(db: Database, ledger: Ledger) -> None:
+    """A trigger of the right name that does nothing, a guard function replaced, a trigger set to fire only for
+    replicas, or the guards' version record removed (which once made the next process reinstall the guards in
+    silence): each is reported when the ledger is opened."""
+    fill(ledger, 2)
+    if db.kind == "sqlite":
+        db.execute("DROP TRIGGER custody_entries_no_update")
+        db.execute("CREATE TRIGGER custody_entries_no_update BEFORE UPDATE ON custody_entries WHEN 0 BEGIN "
+                   "SELECT 1; END")
+        expected = {"custody_entries_no_update"}
+    else:
+        db.execute("CREATE OR REPLACE FUNCTION custody_check_append() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$fn$ BEGIN RETURN NEW; END $fn$")
+        db.execute("ALTER TABLE custody_checkpoints ENABLE REPLICA TRIGGER custody_checkpoints_append_only")
+        expected = {"custody_entries_in_order", "custody_checkpoints_append_only"}
+    with Ledger(db.url) as reopened:
+        assert set(reopened.missing_guards) == expected
+        with pytest.raises(LedgerCorrupt, match="guards are gone"):
+            reopened.append("alice", "captured", "cap", {})
+        assert set(reopened.restore_guards()) == expected
+        reopened.append("alice", "captured", "cap", {})
+    db.execute("DELETE FROM custody_meta")
+    with Ledger(db.url) as reopened:
+        assert any("version record" in name for name in reopened.missing_guards)
+        with pytest.raises(LedgerCorrupt, match="guards are gone"):
+            reopened.append("alice", "captured", "cap", {})
+        assert reopened.restore_guards() == ["the guards' version record"]
+        assert reopened.append("alice", "captured", "cap", {}).seq == 4
+
+
 def test_insert_or_replace_and_out_of_order_inserts_are_refused(db: Database, ledger: Ledger) -> None:
     """INSERT OR REPLACE deleted entry 2 on SQLite without firing the DELETE trigger; an insert that skips a seq,
     reuses one or does not link to the last entry is refused by the database itself."""

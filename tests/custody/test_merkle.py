@@ -279,3 +279,13 @@ def test_leaf_and_node_hashes_are_domain_separated() -> None:
     assert merkle.node_hash(left, right) == hashlib.sha256(b"\x01" + left + right).digest()
     assert merkle.leaf_hash(left + right) == hashlib.sha256(b"\x00" + left + right).digest()
     assert merkle.leaf_hash(left + right) != merkle.node_hash(left, right)
+
+
+def test_many_proofs_from_one_built_tree_are_the_rfc_paths() -> None:
+    """The bottom-up tree (odd nodes carried up) gives exactly RFC 9162's PATH, for every leaf of every size."""
+    for size in range(1, 70):
+        leaves = [merkle.leaf_hash(bytes([n % 256, n // 256])) for n in range(size)]
+        paths = merkle.inclusion_proofs(range(size), leaves)
+        for index in range(size):
+            assert paths[index] == merkle.inclusion_proof(index, size, leaves), (size, index)
+        assert merkle.levels(leaves)[-1] == [merkle.root(leaves)]

@@ -84,6 +84,7 @@ def store_down_env(data_dir: Path) -> dict[str, str]:
         "WZ_S3_ACCESS_KEY": "unused",
         "WZ_S3_SECRET_KEY": "unused-secret",
         "WZ_ACTOR": "inspector",
+        "WZ_DATABASE_URL": f"sqlite:///{data_dir / 'custody.sqlite3'}",  # no database server in the fast tier
     }
 
 

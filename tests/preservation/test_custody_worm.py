@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def services(tmp_path: Path, s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     for name, value in {"WZ_DATA_DIR": str(tmp_path / "data"), "WZ_ACTOR": "inspector",
+                        "WZ_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'custody.sqlite3'}",
                         **s3_env(s3_server, f"wz-worm-{tmp_path.name[-20:].lower().replace('_', '-')}")}.items():
         monkeypatch.setenv(name, value)
     with Services(Settings()) as opened:
@@ -83,9 +84,11 @@ def test_truncating_the_ledger_and_its_checkpoints_is_found(services: Services) 
         assert reopened.ledger.verify(reopened.verify_checkpoint)[0] == 88  # consistent on its own
         with pytest.raises(LedgerCorrupt, match=r"^entry 89: missing; the ledger ends at 88"):
             reopened.verify_custody()
-        # New work reuses the numbers 89 on: caught as entries that differ from what WORM storage holds.
-        for n in range(10):
-            reopened.record(CustodyAction.VERIFIED, "wz-20261130T000000Z-000000", {"n": n})
+        # New work reuses the numbers 89 on. The node will not sign that (it contradicts the checkpoint of 130
+        # it kept), and the check names the first entry that differs from what WORM storage holds.
+        with pytest.raises(LedgerCorrupt, match="entries were removed; not signing it"):
+            for n in range(10):
+                reopened.record(CustodyAction.VERIFIED, "wz-20261130T000000Z-000000", {"n": n})
         with pytest.raises(LedgerCorrupt, match=r"^entry 89: differs from the copy in the WORM checkpoint of 96"):
             reopened.verify_custody()
 

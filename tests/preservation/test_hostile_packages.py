@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from evidence import IntegrityError, Settings
+from evidence import IntegrityError, LedgerCorrupt, Settings
 from evidence.canonical import canonical_json
 from hashing.pki import LocalPki
 from hashing.tsa import LocalTsa
@@ -31,7 +31,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path, Path
     """One preserved capture and its package; tests copy and change the package."""
     base = tmp_path_factory.mktemp("hostile")
     settings = Settings(data_dir=base / "data", s3_endpoint="127.0.0.1:9", s3_access_key="unused",
-                        s3_secret_key="unused-secret", actor="inspector", ntp_timeout_seconds=1)  # noqa: S106
+                        s3_secret_key="unused-secret", actor="inspector", ntp_timeout_seconds=1,  # noqa: S106
+                        database_url=f"sqlite:///{base / 'data' / 'custody.sqlite3'}")
     manifest = make_capture(base / "c")
     register(settings.registry_dir, manifest.capture_id, base / "c")
     with Services(settings) as services:
@@ -193,7 +194,8 @@ def test_unpinned_external_roots_are_reported_loudly(node: tuple[Settings, Path,
                                                      tmp_path: Path) -> None:
     settings, _directory, _package, _root = node
     pki = LocalPki(tmp_path / "external-tsa").ensure()
-    external = settings.model_copy(update={"data_dir": tmp_path / "data2"})
+    external = settings.model_copy(update={"data_dir": tmp_path / "data2",
+                                           "database_url": f"sqlite:///{tmp_path / 'data2' / 'custody.sqlite3'}"})
     with LocalTsa(pki, tmp_path / "external-state") as tsa:
         stamped = external.model_copy(update={"tsa_urls": tsa.url, "tsa_ca_file": str(pki.ca_cert_path)})
         manifest = make_capture(tmp_path / "c2")
@@ -230,7 +232,7 @@ def test_a_court_checkpoint_shows_whether_history_was_rewritten(node: tuple[Sett
     [ours] = [c for c in report.checks if c.name == "your checkpoint"]
     assert ours.ok and "part of the history" in ours.detail
     assert any(c.name == "earlier checkpoint consistent" and c.ok for c in report.checks)
-    # The node itself rewrites an early entry (it holds the key, so it can sign a new history) and exports again.
+    # Someone with database access rewrites an early entry, re-chains every hash and deletes the checkpoints.
     db = sqlite3.connect(settings.data_dir / "custody.sqlite3", isolation_level=None)
     db.row_factory = sqlite3.Row
     for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
@@ -252,6 +254,53 @@ def test_a_court_checkpoint_shows_whether_history_was_rewritten(node: tuple[Sett
     db.close()
     with Services(settings) as services:
         services.ledger.restore_guards()
+        # The node will not sign that: it contradicts the last checkpoint it kept beside the ledger.
+        with pytest.raises(LedgerCorrupt, match="history was rewritten; not signing it"):
+            export_capture(services, directory, tmp_path / "refused.zip")
+    # A node operator who also deletes the kept checkpoints can sign a rewritten history; the court's kept
+    # checkpoint still shows it.
+    for kept in (settings.data_dir / "custody-checkpoints" / "worm").glob("*.json"):
+        kept.unlink()
+    with Services(settings) as services:
         export_capture(services, directory, tmp_path / "rewritten.zip")
     report = _failed(tmp_path / "rewritten.zip", known_checkpoint=tmp_path / "kept.json")
     assert "your checkpoint" in _failures(report)
+
+
+def test_bytes_no_directory_entry_points_at_are_refused(node: tuple[Settings, Path, Path, str],
+                                                        tmp_path: Path) -> None:
+    """A second manifest.json hidden before the zip's directory: unzip reads the directory, a streaming extractor
+    reads the hidden one. Only packages whose members cover the file end to end are checked."""
+    import struct
+
+    _settings, _directory, package, root = node
+    data = package.read_bytes()
+    first_directory_entry = data.find(b"PK\x01\x02")
+    hidden = (b"PK\x03\x04" + b"\x14\x00" + b"\x00" * 12 + struct.pack("<LLHH", 5, 5, 21, 0)
+              + f"{root}/manifest.json"[:21].encode() + b"forge")
+    forged = data[:first_directory_entry] + hidden + data[first_directory_entry:]
+    end = forged.rfind(b"PK\x05\x06")
+    (offset,) = struct.unpack("<L", forged[end + 16:end + 20])
+    forged = forged[:end + 16] + struct.pack("<L", offset + len(hidden)) + forged[end + 20:]
+    (tmp_path / "hidden.zip").write_bytes(forged)
+    report = _failed(tmp_path / "hidden.zip")
+    assert "belong to no member" in report.failures[0].detail, report.failures
+
+
+def test_damaged_compressed_data_and_odd_lines_are_named_failures(node: tuple[Settings, Path, Path, str],
+                                                                  tmp_path: Path) -> None:
+    _settings, _directory, package, root = node
+    files = _files(package)
+    files[f"{root}/custody/checkpoints.jsonl"] = b"[1]\n"
+    report = _failed(_write(files, tmp_path / "odd.zip"))
+    assert any("not a JSON object" in c.detail for c in report.failures), report.failures
+    # A deflated member whose compressed bytes are damaged (its CRC and sizes still plausible).
+    damaged = bytearray(package.read_bytes())
+    with zipfile.ZipFile(package) as archive:
+        info = archive.getinfo(f"{root}/custody/entries.jsonl")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for offset in range(start, start + min(info.compress_size, 40)):
+        damaged[offset] ^= 0x5A
+    (tmp_path / "damaged.zip").write_bytes(bytes(damaged))
+    report = _failed(tmp_path / "damaged.zip")
+    assert report.failures and all(c.detail for c in report.failures)

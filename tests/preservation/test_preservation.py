@@ -74,11 +74,15 @@ def test_every_step_is_done_and_on_the_custody_record(preserved: tuple[dict[str,
 
 
 def test_the_package_verifies_offline_and_online(preserved: tuple[dict[str, Any], Path, Path, dict]) -> None:
-    summary, _directory, package, env = preserved
+    summary, directory, package, env = preserved
     offline = {k: v for k, v in env.items() if not k.startswith("WZ_S3")} | {"WZ_DATA_DIR": "/nonexistent"}
     result = wz(["verify", str(package), "--json"], offline)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    # Verified, but only against the CA the package brought along: exit 5 says so (ORIGIN NOT PINNED).
+    assert result.returncode == 5, result.stdout[-3000:] + result.stderr
     report = json.loads(result.stdout)
+    assert report["ok"] and not report["origin_pinned"] and not report["third_party_time"]
+    pinned = wz(["verify", str(package), "--ca", str(directory / "certs" / "local-ca.pem")], offline)
+    assert pinned.returncode == 0 and "NO THIRD-PARTY TIME" in pinned.stdout, pinned.stdout[-2000:]
     names = {c["name"] for c in report["checks"]}
     assert {"package index signature", "SHA-256 of file", "SM3 of file", "artifact matches manifest",
             "manifest signature (CMS)",
