@@ -270,6 +270,7 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
                 services.record(CustodyAction.GUARDS_RESTORED, "custody-ledger",
                                 {"restored": restored, "reason": args.reason})
                 services.checkpoint()
+                preserver.sync()
                 _say(f"restored {', '.join(restored)}; run `wz custody verify` to see whether anything was changed")
                 return EXIT_OK
             locate(settings.registry_dir, args.capture_id)
@@ -290,6 +291,7 @@ def run_integrity(args: argparse.Namespace, settings: Settings) -> int:
             directory = locate(settings.registry_dir, args.capture_id)
             path = export_capture(services, directory, args.output)
             _say(f"exported {args.capture_id} to {path}")
+            preserver.sync()  # the export's checkpoint goes to WORM storage now, not with the next command
             return EXIT_OK
         directory = locate(settings.registry_dir, args.target)
         return _print_verification(lambda: verify_capture(services, directory), args.json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from evidence import CustodyAction, EvidenceError, IntegrityError, StoredObject
@@ -51,8 +52,10 @@ def verify_capture(services: Services, capture_dir: Path) -> VerificationReport:
 
     report.run("custody ledger", services.database_url.split("@")[-1], ledger)
     subject_entries = services.ledger.entries(subject=manifest.capture_id)
+    counts = Counter(e.action.value for e in subject_entries)
     report.checks.append(Check("custody entries for capture", manifest.capture_id, bool(subject_entries),
-                               f"{len(subject_entries)} entries: " + ", ".join(e.action for e in subject_entries)))
+                               f"{len(subject_entries)} entries: "
+                               + ", ".join(f"{action} {count}" for action, count in counts.items())))
     # The verification itself is an action on the evidence: it goes on the record, passed or not.
     services.record(CustodyAction.VERIFIED, manifest.capture_id, {
         "ok": report.ok, "checks": len(report.checks),

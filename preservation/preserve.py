@@ -269,9 +269,12 @@ class Preserver:
             self.report("another wz process is uploading the spool; what it leaves is uploaded by the next command")
         for problem in result.problems:
             note(f"{problem.kind.value}: {problem.message}", problem.capture_id)
-        if result.stored:
-            self.report(f"stored {len(result.stored)} object version(s) with COMPLIANCE retention, each read back "
+        objects = [item for item in result.stored if item.capture_id != CUSTODY_LOG_BATCH]
+        if objects:
+            self.report(f"stored {len(objects)} object version(s) with COMPLIANCE retention, each read back "
                         "by version and re-hashed")
+        if len(objects) < len(result.stored):
+            self.report("kept the custody checkpoint in WORM storage (custody/checkpoints/)")
         return self._waiting(), holder.get(own[1].capture_id) if own is not None else None
 
     def _waiting(self) -> int:
