@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from capture.journal import active_captures
 from capture.layout import build_layout
 from capture.targets import MAX_TILES, TargetPolicy, validate_targets
+from cli import service
 from evidence import (
     CaptureEvent,
     CaptureRequest,
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--checkpoint", type=Path, help="a custody checkpoint you kept (custody/checkpoint.json of "
                                                         "an earlier package): the package's history must contain it")
     verify.add_argument("--json", action="store_true")
+    service.add_arguments(commands)
     return parser
 
 
@@ -463,9 +465,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command in ("verify", "services"):
             return run_integrity(args, settings)
+        if args.command == "users":
+            return service.users_command(args, settings)
         request = prepare_capture(args, settings) if args.command == "capture" else None
         _recover(settings)
         catch_up(settings, _say, tokens=args.command != "timestamp", spool=args.command != "sync")
+        if args.command == "serve":
+            return service.serve(args, settings)
         if request is None:
             return run_integrity(args, settings)
         return run_capture(request, settings, args.json)

@@ -358,6 +358,20 @@ class CustodyAction(StrEnum):
     EXPORT_WRITTEN = "export-written"  # the package's own digests, once written
     VERIFIED = "verified"  # an online verification ran (passed or not)
     GUARDS_RESTORED = "guards-restored"  # the ledger's append-only triggers were found gone and put back on purpose
+    # -- the custody service: who may do what, and everything anyone did --
+    USER_CREATED = "user-created"
+    TOKEN_CREATED = "token-created"  # noqa: S105 - an action name, not a secret
+    TOKEN_REVOKED = "token-revoked"  # noqa: S105 - an action name, not a secret
+    LOGIN_LOCKED = "login-locked"  # too many failed logins: the account waits
+    CASE_CREATED = "case-created"
+    CASE_UPDATED = "case-updated"
+    CASE_STATE_CHANGED = "case-state-changed"  # lead -> opened -> closed, with an outcome
+    MEMBER_SET = "member-set"
+    MEMBER_REMOVED = "member-removed"
+    VIEWED = "viewed"  # a case, a capture, its custody record or a log entry was read
+    DOWNLOADED = "downloaded"
+    HASH_LOOKUP = "hash-lookup"  # the public hash check was asked (found or not)
+    PACKAGE_VERIFIED = "package-verified"  # a package was uploaded and verified
 
 
 class CustodyEntry(Frozen):

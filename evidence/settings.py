@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     )
     actor: str = Field(default="", description="Who acts, for the custody ledger; default: the login name.")
 
+    # -- the custody service (wz serve, wz worker) --
+    secret_key: str = Field(
+        default="",
+        description="Signs the service's login tokens. Empty: a random key kept in the data directory, accepted "
+        "only when the service listens on loopback.",
+    )
+    access_token_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    login_max_failures: int = Field(default=5, ge=1, description="Failed logins before an account is locked.")
+    login_lock_minutes: int = Field(default=15, ge=1)
+    hash_lookups_per_minute: int = Field(default=30, ge=1, description="Per client, on the public hash check.")
+    max_package_upload_bytes: int = Field(default=4 << 30, ge=1 << 20,
+                                          description="Largest package POST /verify/package accepts.")
+
     @property
     def tsa_url_list(self) -> list[str]:
         return [url.strip() for url in self.tsa_urls.split(",") if url.strip()]

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import getpass
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ class Services:
         self.ledger = Ledger(self.database_url)
         self._latest: Checkpoint | None = None
         self._deferred = 0
+        self._checkpointing = threading.RLock()
         self.timestamper = HttpTimestamper(self._tsa_endpoints(), timeout=settings.tsa_timeout_seconds)
 
     def _tsa_endpoints(self) -> list[TsaEntry]:
@@ -146,19 +148,23 @@ class Services:
     # -- the custody record --
 
     def record(self, action: CustodyAction, subject: str, details: dict[str, Any]) -> CustodyEntry:
+        return self.record_as(self.actor, action, subject, details)
+
+    def record_as(self, actor: str, action: CustodyAction, subject: str, details: dict[str, Any]) -> CustodyEntry:
         """Append one custody entry; checkpoint when enough has accrued since the last one.
 
         Checkpoints come after every capture, export and legal-hold change (their callers ask), and besides
         whenever CHECKPOINT_EVERY_ENTRIES entries or CHECKPOINT_EVERY_SECONDS have passed since the last one,
         so what a checkpoint in WORM storage does not yet cover stays small."""
-        entry = self.ledger.append(self.actor, action, subject, details)
+        entry = self.ledger.append(actor, action, subject, details)
         if self._deferred:
             return entry  # a batch in progress checkpoints once, at its end
-        latest = self._latest_checkpoint()
-        covered = latest.tree_size if latest is not None else 0
-        age = (entry.at - latest.at).total_seconds() if latest is not None else 0.0
-        if entry.seq - covered >= CHECKPOINT_EVERY_ENTRIES or age >= CHECKPOINT_EVERY_SECONDS:
-            self.checkpoint()
+        with self._checkpointing:  # one thread decides and signs at a time (the service appends from many)
+            latest = self._latest_checkpoint()
+            covered = latest.tree_size if latest is not None else 0
+            age = (entry.at - latest.at).total_seconds() if latest is not None else 0.0
+            if entry.seq - covered >= CHECKPOINT_EVERY_ENTRIES or age >= CHECKPOINT_EVERY_SECONDS:
+                self.checkpoint()
         return entry
 
     @contextlib.contextmanager

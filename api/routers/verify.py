@@ -1,0 +1,145 @@
+"""Verification for courts, without signing in: is this digest registered evidence, and does this package verify.
+
+The hash check answers what a file is (its capture, its role, when it was acquired, its timestamps, the custody
+proof of its registration), never what it shows: no content, URL, case or person. It is rate-limited per client
+and every lookup is a custody event. A package is streamed to disk with a size limit and verified offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import or_, select
+
+from api.db import evidence_digests
+from api.deps import ContextDep, client_of, optional_principal
+from api.models import (
+    HashAnswer,
+    HashMatch,
+    HashQuery,
+    InclusionProofPublic,
+    PackageReport,
+    TimestampPublic,
+    VerificationCheck,
+)
+from api.security import Principal
+from evidence import CustodyAction, EvidenceError, IntegrityError, TimestampStatus
+from evidence.layout import has_preservation, load_preservation
+from preservation.record import object_key
+from preservation.registry import locate
+from preservation.verify import VerificationReport, verify_package
+
+router = APIRouter(tags=["verify"])
+UPLOAD_CHUNK = 1 << 20
+
+
+def _actor(principal: Principal | None, client: str) -> str:
+    return principal.actor if principal is not None else f"anonymous ({client})"
+
+
+def _limited(ctx: ContextDep, client: str) -> None:
+    wait = ctx.hash_lookups.retry_after(client)
+    if wait:
+        raise HTTPException(429, f"at most {ctx.settings.hash_lookups_per_minute} lookups a minute from one "
+                                 "client; try again later", headers={"Retry-After": str(wait)})
+
+
+@router.post("/verify/hash", response_model=HashAnswer,
+             summary="Is this SHA-256 or SM3 registered evidence? (no sign-in needed)")
+def verify_hash(body: HashQuery, request: Request, ctx: ContextDep,
+                principal: Annotated[Principal | None, Depends(optional_principal)]) -> HashAnswer:
+    client = client_of(request)
+    _limited(ctx, client)
+    digest = (body.sha256 or body.sm3 or "").lower()
+    column = evidence_digests.c.sha256 if body.sha256 else evidence_digests.c.sm3
+    with ctx.engine.connect() as conn:
+        rows = list(conn.execute(select(evidence_digests).where(or_(column == digest)).limit(20)))
+    checkpoint = ctx.services.ledger.latest_checkpoint() if rows else None
+    matches = [_match(ctx, row, checkpoint.tree_size if checkpoint else None) for row in rows]
+    ctx.record(_actor(principal, client), CustodyAction.HASH_LOOKUP, "hash-check",
+               {"algorithm": "sha256" if body.sha256 else "sm3", "digest": digest, "found": len(matches),
+                "captures": sorted({m.capture_id for m in matches})})
+    note = ("registered evidence: the capture, its role, when it was acquired, its timestamps and the custody "
+            "proof of its registration" if matches else
+            "not registered here: no file of any capture on this node has this digest")
+    return HashAnswer(registered=bool(matches), matches=matches,
+                      checkpoint_tree_size=checkpoint.tree_size if checkpoint else None, note=note)
+
+
+def _match(ctx: ContextDep, row: object, tree_size: int | None) -> HashMatch:
+    capture_id = str(row.capture_id)  # type: ignore[attr-defined]
+    path = str(row.path)  # type: ignore[attr-defined]
+    stamps: list[TimestampPublic] = []
+    proof = None
+    try:
+        directory = locate(ctx.settings.registry_dir, capture_id)
+    except EvidenceError:  # a capture whose directory moved still answers by its index row
+        directory = None
+    if directory is not None and has_preservation(directory):
+        record = load_preservation(directory)
+        stamps = [TimestampPublic(tsa=t.tsa_name or ("local TSA" if t.local_tsa else "TSA"), local_tsa=t.local_tsa,
+                                  time=t.gen_time, serial=t.serial_number)
+                  for t in record.timestamps if t.status == TimestampStatus.GRANTED]
+    if tree_size is not None:
+        key = object_key(capture_id, path)
+        for entry in ctx.services.ledger.entries(subject=capture_id, end=tree_size):
+            if (path == "manifest.json" and entry.action == CustodyAction.HASHED) or \
+                    (entry.action == CustodyAction.STORED and entry.details.get("key") == key):
+                proof = InclusionProofPublic.model_validate(
+                    ctx.services.ledger.inclusion_proof(entry.seq, tree_size).to_json())
+                break
+    return HashMatch(capture_id=capture_id, role=str(row.role), acquired_at=row.acquired_at,  # type: ignore[attr-defined]
+                     timestamps=stamps, custody_proof=proof)
+
+
+@router.post("/verify/package", response_model=PackageReport, summary="Verify an exported package (the zip as "
+             "the request body, application/zip; no sign-in needed)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/zip": {
+                 "schema": {"type": "string", "format": "binary"}}}}})
+async def verify_uploaded_package(request: Request, ctx: ContextDep,
+                                  principal: Annotated[Principal | None, Depends(optional_principal)]
+                                  ) -> PackageReport:
+    client = client_of(request)
+    _limited(ctx, client)
+    limit = ctx.settings.max_package_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"a package may have at most {limit} bytes")
+    folder = ctx.settings.data_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix="package-", suffix=".zip", dir=folder)
+    path = Path(name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(handle, "wb") as sink:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"a package may have at most {limit} bytes")
+                digest.update(chunk)
+                sink.write(chunk)
+        if size == 0:
+            raise HTTPException(422, "send the package as the request body (Content-Type: application/zip)")
+        try:
+            report = await run_in_threadpool(verify_package, path)  # CPU-bound: off the event loop
+        except IntegrityError as exc:
+            failed: VerificationReport | None = getattr(exc, "report", None)
+            if failed is None:
+                raise
+            report = failed
+    finally:
+        path.unlink(missing_ok=True)
+    await run_in_threadpool(ctx.record, _actor(principal, client), CustodyAction.PACKAGE_VERIFIED, "package-check",
+                            {"size": size, "sha256": digest.hexdigest(), "ok": report.ok,
+                             "checks": len(report.checks), "failed": len(report.failures)})
+    return PackageReport(ok=report.ok, origin_pinned=report.origin_pinned, tsa_pinned=report.tsa_pinned,
+                         third_party_time=report.third_party_time,
+                         checks=[VerificationCheck(name=c.name, subject=c.subject, ok=c.ok, detail=c.detail)
+                                 for c in report.checks])

@@ -1,0 +1,129 @@
+"""`wz serve` and `wz users`: the custody service from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import ipaddress
+import secrets
+import sys
+from datetime import UTC, datetime
+
+from fastapi import HTTPException
+from sqlalchemy import insert, select, update
+
+from api.context import Context
+from api.db import ROLES, api_tokens, users
+from api.routers.auth import add_user
+from api.schema import upgrade
+from api.security import SCOPES, new_api_token, secret_key
+from evidence import CustodyAction, Settings, UsageError
+
+
+def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = commands.add_parser("serve", help="run the custody service (HTTP API) on this machine")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+
+    users_parser = commands.add_parser("users", help="users of the custody service and their API tokens")
+    user_commands = users_parser.add_subparsers(dest="users_command", required=True,
+                                                parser_class=type(users_parser))
+    add = user_commands.add_parser("add", help="create a user (the password is asked, or read from stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    token = user_commands.add_parser("token", help="make an API token for scripts (shown once)")
+    token.add_argument("name", help="the user the token acts as")
+    token.add_argument("--scope", required=True, help=f"comma-separated: {', '.join(SCOPES)}")
+    token.add_argument("--label", default="script", help="what the token is for")
+    revoke = user_commands.add_parser("revoke", help="revoke an API token by its id")
+    revoke.add_argument("token_id")
+    user_commands.add_parser("list", help="list the users")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be 1-65535, not {args.port}")
+    secret = secret_key(settings, loopback=_is_loopback(args.host))
+    app = create_app(settings, secret=secret)
+    print(f"wz: the custody service listens on http://{args.host}:{args.port}/api/v1 (OpenAPI: /docs)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False,
+                server_header=False)
+    return 0
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise UsageError("no terminal to ask the password on: pipe it with --password-stdin")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the two passwords differ")
+    return first
+
+
+def users_command(args: argparse.Namespace, settings: Settings) -> int:
+    actor = settings.actor or getpass.getuser()
+    # Users and tokens are managed here; nothing is signed, so any secret will do.
+    ctx = Context.open(settings, secret=secrets.token_urlsafe(32))
+    try:
+        upgrade(ctx.engine)
+        if args.users_command == "add":
+            password = _password(args.password_stdin)
+            try:
+                add_user(ctx, args.name, args.role, password, actor=actor)
+            except HTTPException as exc:
+                raise UsageError(str(exc.detail)) from exc
+            print(f"wz: user {args.name} ({args.role}) created", file=sys.stderr)
+            return 0
+        if args.users_command == "list":
+            with ctx.engine.connect() as conn:
+                for row in conn.execute(select(users).order_by(users.c.id)):
+                    state = "disabled" if row.disabled else ("locked" if row.locked_until else "")
+                    print(f"{row.name:<24} {row.role:<14} {row.created_at:%Y-%m-%d} {state}")
+            return 0
+        if args.users_command == "token":
+            scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
+            unknown = sorted(set(scopes) - set(SCOPES))
+            if unknown or not scopes:
+                raise UsageError(f"--scope takes {', '.join(SCOPES)}; not {', '.join(unknown) or 'nothing'}")
+            with ctx.engine.begin() as conn:
+                user = conn.execute(select(users).where(users.c.name == args.name)).first()
+                if user is None:
+                    raise UsageError(f"no user {args.name!r}")
+                token_id, token, secret_sha256 = new_api_token()
+                conn.execute(insert(api_tokens).values(id=token_id, user_id=user.id, name=args.label[:100],
+                                                       secret_sha256=secret_sha256, scopes=scopes,
+                                                       created_at=datetime.now(UTC)))
+            ctx.record(actor, CustodyAction.TOKEN_CREATED, f"user:{args.name}",
+                       {"token": token_id, "scopes": scopes, "label": args.label[:100]})
+            print(token)
+            print(f"wz: token {token_id} for {args.name} ({', '.join(scopes)}); it is shown only now",
+                  file=sys.stderr)
+            return 0
+        with ctx.engine.begin() as conn:
+            revoked = conn.execute(update(api_tokens).where(api_tokens.c.id == args.token_id,
+                                                            api_tokens.c.revoked_at.is_(None))
+                                   .values(revoked_at=datetime.now(UTC)).returning(api_tokens.c.user_id)).first()
+        if revoked is None:
+            raise UsageError(f"no token {args.token_id!r} that is not revoked already")
+        ctx.record(actor, CustodyAction.TOKEN_REVOKED, f"token:{args.token_id}", {})
+        print(f"wz: token {args.token_id} revoked", file=sys.stderr)
+        return 0
+    finally:
+        ctx.close()
