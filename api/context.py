@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 
 from evidence import CustodyAction, CustodyEntry, Settings
 from preservation.services import Services
@@ -60,6 +60,14 @@ class Context:
     def record(self, actor: str, action: CustodyAction, subject: str, details: dict[str, Any]) -> CustodyEntry:
         """One custody entry for something a person did through the service."""
         return self.services.record_as(actor, action, subject, details)
+
+    def record_in(self, conn: Connection, actor: str, action: CustodyAction, subject: str,
+                  details: dict[str, Any]) -> CustodyEntry:
+        """A custody entry that commits with the caller's transaction; call `after_commit` once it has."""
+        return self.services.record_in(conn, actor, action, subject, details)
+
+    def after_commit(self, entry: CustodyEntry) -> None:
+        self.services.after_commit(entry)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -15,11 +15,14 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy import Connection, select, update
 
 from api.context import Context
-from api.db import api_tokens, case_members, cases, users
 from api.security import Principal, read_access_token, secret_matches, split_api_token
+from service.db import api_tokens, captures, case_members, cases, users
 
 CASE_ID_PATTERN = r"^C-\d{8}-[0-9a-f]{6}$"
 CaseId = Annotated[str, Path(pattern=CASE_ID_PATTERN, description="a case id, e.g. C-20261130-4f3a2b")]
+CAPTURE_ID_PATTERN = r"^wz-\d{8}T\d{6}Z-[0-9a-f]{6}$"
+CaptureId = Annotated[str, Path(pattern=CAPTURE_ID_PATTERN, description="a capture id, e.g. wz-20261130T101500Z-"
+                                                                          "4f3a2b")]
 
 # Which case roles each global role may hold.
 CASE_ROLES_FOR = {"investigator": ("investigator", "case_handler"), "case_handler": ("case_handler",),
@@ -135,6 +138,41 @@ def require_case_role(*case_roles: str, scope: str = "read") -> Callable[..., Ca
         if access.role not in case_roles or not principal.may(scope):
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"in this case your role is {access.role}; this needs {' or '.join(case_roles)}"
+                                + (f" and the token scope '{scope}'" if principal.token_id else ""))
+        return access
+
+    return check
+
+
+class CaptureAccess:
+    """The caller's membership of the case a capture belongs to."""
+
+    def __init__(self, principal: Principal, capture: Any, role: str) -> None:
+        self.principal = principal
+        self.capture = capture
+        self.role = role
+
+
+def load_capture_access(conn: Connection, principal: Principal, capture_id: str) -> CaptureAccess | None:
+    row = conn.execute(select(captures, case_members.c.role.label("member_role"))
+                       .join(case_members, case_members.c.case_id == captures.c.case_id)
+                       .where(captures.c.id == capture_id, case_members.c.user_id == principal.user_id)).first()
+    if row is None:
+        return None
+    return CaptureAccess(principal, row, row.member_role)
+
+
+def require_capture_role(*case_roles: str, scope: str = "read") -> Callable[..., CaptureAccess]:
+    """The capture named in the path, if the caller is a member of its case in one of `case_roles` (else 404)."""
+    def check(capture_id: CaptureId, principal: PrincipalDep, ctx: ContextDep) -> CaptureAccess:
+        with ctx.engine.connect() as conn:
+            access = load_capture_access(conn, principal, capture_id)
+        if access is None:
+            raise not_found("capture")
+        if access.role not in case_roles or not principal.may(scope):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"in this capture's case your role is {access.role}; this needs "
+                                f"{' or '.join(case_roles)}"
                                 + (f" and the token scope '{scope}'" if principal.token_id else ""))
         return access
 

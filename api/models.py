@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from evidence.model import Label
 
 Title = Annotated[Label, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
-Text = Annotated[str, StringConstraints(max_length=20_000)]
+# Free text may span lines; control characters (NUL above all, which PostgreSQL refuses) may not.
+NO_CONTROLS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+Text = Annotated[str, StringConstraints(max_length=20_000, pattern=NO_CONTROLS)]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Role = Literal["admin", "investigator", "case_handler", "court"]
@@ -89,7 +91,8 @@ class MemberSet(Strict):
 
 class LegalHoldSet(Strict):
     on: bool
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000,
+                                             pattern=NO_CONTROLS)]
 
 
 class LegalHoldPublic(BaseModel):
@@ -184,3 +187,45 @@ class PackageReport(BaseModel):
     tsa_pinned: bool
     third_party_time: bool
     checks: list[VerificationCheck]
+
+
+class CaptureCreate(Strict):
+    urls: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=8192, pattern=NO_CONTROLS)]],
+                    Field(min_length=1, max_length=9, description="1 to 9 pages, recorded side by side")]
+    duration: Annotated[float | None, Field(gt=0, description="seconds; omit for an open-ended capture that "
+                                                              "runs until stopped (or the maximum duration)")] = None
+    fps: Annotated[int, Field(ge=1, le=30)] = 15
+    layout: Annotated[str, StringConstraints(pattern=r"^(auto|[1-9]x[1-9])$")] = "auto"
+    second_officer: Annotated[UserName | None, Field(
+        description="the case member (an investigator) who confirms the capture with their own login")] = None
+
+
+class OfficerPublic(BaseModel):
+    user: str
+    confirmed_at: datetime | None = None
+
+
+class CapturePublic(BaseModel):
+    id: str
+    case_id: str
+    state: Literal["queued", "starting", "recording", "finalizing", "preserving", "complete", "partial", "failed",
+                   "interrupted"]
+    reason: str
+    urls: list[str]
+    duration: float | None
+    fps: int
+    layout: str
+    tiles: int
+    operator: str
+    second_officer: OfficerPublic | None = Field(
+        default=None, description="null: the capture was launched without a second officer")
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    worker: str | None
+    heartbeat_at: datetime | None
+    progress: dict[str, Any] | None = Field(default=None, description="phase, seconds recorded, segments "
+                                                                       "chained, per-tile state, steps")
+    summary: dict[str, Any] | None = Field(default=None, description="the manifest summary, once it exists")
+    manifest_sha256: str | None
+    note: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +24,21 @@ from evidence import (
 )
 
 PROBLEM = "application/problem+json"
+log = logging.getLogger("wangzheng.api")
+
+
+# How every error is described in the OpenAPI document (app-wide: 4XX and 5XX answers are problems).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object", "title": "Problem", "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "what went wrong and what to do"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "where": {"type": "string"}, "what": {"type": "string"}}}},
+    },
+}
+_PROBLEM_RESPONSE = {"description": "An RFC 9457 problem", "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {"4XX": _PROBLEM_RESPONSE, "5XX": _PROBLEM_RESPONSE}
 
 
 def problem(status: int, detail: str, *, title: str | None = None, headers: Mapping[str, str] | None = None,
@@ -61,6 +77,12 @@ def install(app: FastAPI) -> None:
                   for e in exc.errors()[:20]]
         said = "; ".join(f"{e['where']}: {e['what']}" for e in errors)
         return problem(422, f"the request is not valid: {said}", errors=errors)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback on the server; the caller learns nothing of the internals.
+        log.exception("unexpected error", exc_info=exc)
+        return problem(500, "the service failed unexpectedly; the error is in the service's log")
 
     @app.exception_handler(EvidenceError)
     async def evidence_error(_request: Request, exc: EvidenceError) -> JSONResponse:

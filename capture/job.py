@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -52,6 +53,7 @@ from evidence import (
     StepOutcome,
     TileResult,
     TileStatus,
+    UsageError,
 )
 from evidence.layout import write_manifest
 
@@ -60,6 +62,9 @@ MAX_STREAMS_PER_TILE = 3
 HEALTH_INTERVAL = 3.0
 EPOCH_LEAD_SECONDS = 0.25
 AUDIO_CONNECT_TIMEOUT = 10.0
+
+
+CAPTURE_ID = re.compile(r"wz-\d{8}T\d{6}Z-[0-9a-f]{6}")
 
 
 def new_capture_id(moment: datetime | None = None) -> str:
@@ -83,6 +88,7 @@ class CaptureJob:
         stamp: Stamp | None = None,
         on_created: Callable[[str, Path], None] | None = None,
         resolver: Resolver = system_resolver,
+        capture_id: str | None = None,
     ) -> None:
         self.request = request
         self.policy = TargetPolicy.from_settings(settings.capture_allow_networks, settings.capture_allow_private)
@@ -95,7 +101,10 @@ class CaptureJob:
         self.settings = settings
         self._on_event = on_event
         self.started_at = _now()
-        self.capture_id = new_capture_id(self.started_at)
+        if capture_id is not None and not CAPTURE_ID.fullmatch(capture_id):
+            raise UsageError(f"not a capture id: {capture_id[:60]!r} (wz-YYYYMMDDTHHMMSSZ-xxxxxx)")
+        # A service names the capture when it is queued, so its id is known before a worker records it.
+        self.capture_id = capture_id or new_capture_id(self.started_at)
         base = Path(request.out_dir) if request.out_dir else settings.captures_dir / self.capture_id
         self.capture_dir = base.resolve()
         self.layout: Layout = build_layout(list(request.urls), spec=request.layout, fps=request.fps)
@@ -108,6 +117,9 @@ class CaptureJob:
         self.stop_reason = ""
         self.interrupted = False
         self.recording_started: float | None = None
+        self.recording_ended: float | None = None
+        self.display_name: str | None = None  # the X display being recorded, once it runs (for previews)
+        self.phase = "starting"  # starting -> recording -> finalizing -> done
         self._launch_monotonic = time.monotonic()
         self.chain = SegmentChain(self.capture_dir, stamp=stamp, stamp_seconds=settings.segment_stamp_seconds)
 
@@ -142,6 +154,20 @@ class CaptureJob:
             raise
         outcome = StepOutcome.PARTIAL if any(n.startswith("!") for n in notes) else StepOutcome.OK
         self._record_step(name, outcome, started, "; ".join(n.lstrip("!") for n in notes))
+
+    def progress(self) -> dict[str, Any]:
+        """Where the capture stands, for whoever watches it: phase, seconds recorded, segments chained, tiles."""
+        elapsed = 0.0
+        if self.recording_started is not None:
+            elapsed = (self.recording_ended or time.monotonic()) - self.recording_started
+        return {
+            "phase": self.phase,
+            "seconds_recorded": round(elapsed, 1),
+            "segments_chained": len(self.chain.entries),
+            "tiles": [{"tile": t.tile, "url": t.url, "status": t.status.value, "reason": t.reason}
+                      for t in sorted(self.tiles.values(), key=lambda t: t.tile)],
+            "steps": [{"step": s.name.value, "outcome": s.outcome.value} for s in self.steps],
+        }
 
     def request_stop(self, reason: str) -> None:
         """Stop recording soon (Ctrl-C, SIGTERM, the API). Safe to call from a signal handler."""
@@ -219,6 +245,7 @@ class CaptureJob:
             async with async_playwright() as playwright:
                 with self.step(StepName.SETUP) as notes:
                     display.start()
+                    self.display_name = display.name
                     audio.start()
                     # The browsers' $HOME is the audio server's private runtime directory (see AudioServer.env).
                     install_browser_roots(Path(audio.env()["HOME"]), extra_roots)
@@ -243,6 +270,7 @@ class CaptureJob:
                     )
                     screen.start()
                     self.recording_started = time.monotonic()
+                    self.phase = "recording"
                     self.journal.update(recording_started_at=_now().isoformat())
                     connected = await self._await_audio_inputs(audio, audio_recorder)
                     notes.append(f"display {display.name} {self.layout.width}x{self.layout.height}; "
@@ -273,6 +301,10 @@ class CaptureJob:
             await asyncio.gather(*(asyncio.to_thread(r.stop) for r in running if r is not None))
             await asyncio.to_thread(self.chain.poll, final=True)
         finally:
+            self.phase = "finalizing"
+            self.display_name = None
+            if self.recording_started is not None and self.recording_ended is None:
+                self.recording_ended = time.monotonic()
             await self._teardown(display, audio)
         provenance = await provenance_task
         provenance = self._with_network(self._with_user_agent(provenance))
@@ -284,8 +316,11 @@ class CaptureJob:
                 assembly = Assembly(recorded_seconds=0.0, frames=0, problems=("nothing was recorded",),
                                     composite=False)
             else:
-                assembly = assemble_videos(self.capture_dir, self.layout, t0=t0, usable_tiles=usable,
-                                           ffmpeg_path=settings.ffmpeg, ffprobe=settings.ffprobe)
+                # Assembly and hashing take seconds to minutes: off the event loop, so whoever runs the job (a
+                # worker's heartbeat, other captures in the same process) is not held up.
+                assembly = await asyncio.to_thread(
+                    assemble_videos, self.capture_dir, self.layout, t0=t0, usable_tiles=usable,
+                    ffmpeg_path=settings.ffmpeg, ffprobe=settings.ffprobe)
             notes.append(f"{assembly.frames} frames over {assembly.recorded_seconds:.2f} s")
             notes.extend("!" + p for p in assembly.problems)
             notes.extend(assembly.remarks)
@@ -300,7 +335,8 @@ class CaptureJob:
             status_reason = "; ".join(f"tile {t.tile}: {t.reason}" for t in failed) or "; ".join(assembly.problems)
         with self.step(StepName.MANIFEST) as notes:
             notes.append(f"status {status.value}")
-        manifest = build_manifest(
+        manifest = await asyncio.to_thread(
+            build_manifest,
             self.capture_dir,
             capture_id=self.capture_id,
             status=status,
@@ -316,6 +352,7 @@ class CaptureJob:
         )
         write_manifest(self.capture_dir, manifest)
         self.journal.update(phase="done", status=status.value)
+        self.phase = "done"
         self.emit(EventKind.DONE, f"capture {status.value}: {self.capture_dir / 'manifest.json'}", status=status)
         return manifest
 
@@ -461,6 +498,7 @@ class CaptureJob:
                              recorders: list[Recorder]) -> None:
         """Stop tiles, recorders and the chain loop in order, whatever ended the recording."""
         self._stop.set()
+        self.recording_ended = time.monotonic()
         for task in (tiles_task, chain_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

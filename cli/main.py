@@ -219,6 +219,10 @@ def _recover(settings: Settings) -> list[dict[str, object]]:
         if recovered.record is not None:
             entry["preservation"] = preservation_summary(recovered.record)
         done.append(entry)
+    if done:
+        # Captures the service queued on this host: their state follows what recovery made of them.
+        for capture_id, state in service.reconcile_after_recovery(settings):
+            _say(f"capture {capture_id} is now {state} in the custody service")
     return done
 
 
@@ -472,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         catch_up(settings, _say, tokens=args.command != "timestamp", spool=args.command != "sync")
         if args.command == "serve":
             return service.serve(args, settings)
+        if args.command == "worker":
+            return service.run_worker(args, settings)
         if request is None:
             return run_integrity(args, settings)
         return run_capture(request, settings, args.json)

@@ -5,25 +5,39 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
+import logging
 import secrets
+import signal
+import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import HTTPException
-from sqlalchemy import insert, select, update
+from sqlalchemy import create_engine, insert, inspect, make_url, select, update
 
 from api.context import Context
-from api.db import ROLES, api_tokens, users
 from api.routers.auth import add_user
-from api.schema import upgrade
 from api.security import SCOPES, new_api_token, secret_key
 from evidence import CustodyAction, Settings, UsageError
+from service.db import ROLES, api_tokens, users
+from service.schema import upgrade
 
 
 def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="run the custody service (HTTP API) on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--tiles", type=int, default=4, help="tile budget of the local worker (default 4)")
+    serve.add_argument("--no-worker", action="store_true",
+                       help="start no local worker (workers run elsewhere: wz worker on another host)")
+
+    worker = commands.add_parser("worker", help="record capture jobs from the service's queue (no HTTP)")
+    worker.add_argument("--tiles", type=int, default=4,
+                        help="how many tiles this worker records at once (default 4: four 720p30 rooms hold "
+                             "15 fps each on 2 cores)")
 
     users_parser = commands.add_parser("users", help="users of the custody service and their API tokens")
     user_commands = users_parser.add_subparsers(dest="users_command", required=True,
@@ -50,6 +64,60 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.runner import Worker
+
+    if not 1 <= args.tiles <= 9:
+        raise UsageError(f"--tiles must be 1 to 9, not {args.tiles}")
+    logging.basicConfig(level=logging.INFO, format="wz worker: %(message)s", stream=sys.stderr)
+    for chatty in ("alembic", "procrastinate"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    Worker(settings, tiles=args.tiles, say=lambda message: print(f"wz worker: {message}", file=sys.stderr)).run()
+    return 0
+
+
+class LocalWorker:
+    """The worker `wz serve` runs beside the API, in its own process (the web process never records); started
+    again if it dies, asked to finish its recordings (SIGTERM) when the service stops."""
+
+    def __init__(self, tiles: int) -> None:
+        self.tiles = tiles
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="local-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--tiles", str(self.tiles)],
+                                cwd=Path(__file__).resolve().parent.parent)
+
+    def _supervise(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self.process = self._spawn()
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            # Killed or crashed: its next start finalizes what it was recording (recovery), then takes jobs.
+            print(f"wz: the local worker exited (code {code}); starting it again", file=sys.stderr)
+            delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+            self._stopping.wait(delay)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self.process
+        if process is not None and process.poll() is None:
+            print("wz: asking the local worker to finish its recordings", file=sys.stderr)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait()
+            except KeyboardInterrupt:
+                print("wz: the worker goes on finishing in the background", file=sys.stderr)
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -57,12 +125,28 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be 1-65535, not {args.port}")
+    if not 1 <= args.tiles <= 9:
+        raise UsageError(f"--tiles must be 1 to 9, not {args.tiles}")
     secret = secret_key(settings, loopback=_is_loopback(args.host))
     app = create_app(settings, secret=secret)
     print(f"wz: the custody service listens on http://{args.host}:{args.port}/api/v1 (OpenAPI: /docs)",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False,
-                server_header=False)
+    worker = None if args.no_worker else LocalWorker(args.tiles)
+    if worker is not None:
+        worker.start()
+
+    def stopped(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default handler that would end this
+    # process before the local worker is told to finish its recordings.
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False,
+                    server_header=False)
+    finally:
+        if worker is not None:
+            worker.stop()
     return 0
 
 
@@ -127,3 +211,23 @@ def users_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         ctx.close()
+
+
+def reconcile_after_recovery(settings: Settings) -> list[tuple[str, str]]:
+    """After `wz` finalized interrupted captures on this host: the service's captures among them get their state.
+    Nothing to do when the node has no service database (a SQLite ledger, or the service never ran)."""
+    from preservation.database import database_url
+    from preservation.services import Services
+    from service.captures import reconcile_local
+
+    url = database_url(settings)
+    if make_url(url).get_backend_name() != "postgresql":
+        return []
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table("captures"):
+            return []
+        with Services(settings) as services:
+            return reconcile_local(engine, services, settings)
+    finally:
+        engine.dispose()

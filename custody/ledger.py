@@ -463,8 +463,13 @@ class Ledger:
 
     # -- entries --
 
-    def append(self, actor: str, action: CustodyAction, subject: str, details: dict[str, Any]) -> CustodyEntry:
-        """Add one entry at the end of the chain, atomically with respect to every other process."""
+    def append(self, actor: str, action: CustodyAction, subject: str, details: dict[str, Any], *,
+               connection: Connection | None = None) -> CustodyEntry:
+        """Add one entry at the end of the chain, atomically with respect to every other process.
+
+        With `connection` (a transaction open on this same database), the entry is written in that transaction:
+        it commits, or is rolled back, with whatever else the caller writes there. The ledger's lock is then
+        held until that transaction ends."""
         _check_text(actor, "actor")
         try:
             action = CustodyAction(action)
@@ -475,20 +480,29 @@ class Ledger:
         if not self._ready:
             self._create_schema()
         self._refuse_if_unguarded()
+        if connection is not None:
+            if connection.engine.url.render_as_string(hide_password=True) != self._where:
+                raise UsageError("a custody entry can join only a transaction on the ledger's own database")
+            if self._postgres:
+                connection.exec_driver_sql(f"LOCK TABLE {ENTRIES.name} IN EXCLUSIVE MODE")
+            return self._append(connection, actor, action, subject, details_text)
         with self._transaction(write=True, lock=ENTRIES) as conn:
-            last = conn.execute(
-                select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
-            ).first()
-            seq = 1 if last is None else last.seq + 1
-            prev_hash = GENESIS_PREV_HASH if last is None else last.entry_hash
-            # Taken under the lock, so times follow seq order (unless the clock itself steps back).
-            at = format_time(datetime.now(UTC))
-            entry = CustodyEntry(seq=seq, at=parse_time(at), actor=actor, action=action, subject=subject,
-                                 details=json.loads(details_text), prev_hash=prev_hash, entry_hash="0" * 64)
-            entry = entry.model_copy(update={"entry_hash": compute_entry_hash(entry)})
-            conn.execute(insert(ENTRIES).values(seq=seq, at=at, actor=actor, action=action, subject=subject,
-                                                details=details_text, prev_hash=prev_hash,
-                                                entry_hash=entry.entry_hash))
+            return self._append(conn, actor, action, subject, details_text)
+
+    @staticmethod
+    def _append(conn: Connection, actor: str, action: CustodyAction, subject: str, details_text: str) -> CustodyEntry:
+        last = conn.execute(
+            select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
+        ).first()
+        seq = 1 if last is None else last.seq + 1
+        prev_hash = GENESIS_PREV_HASH if last is None else last.entry_hash
+        # Taken under the lock, so times follow seq order (unless the clock itself steps back).
+        at = format_time(datetime.now(UTC))
+        entry = CustodyEntry(seq=seq, at=parse_time(at), actor=actor, action=action, subject=subject,
+                             details=json.loads(details_text), prev_hash=prev_hash, entry_hash="0" * 64)
+        entry = entry.model_copy(update={"entry_hash": compute_entry_hash(entry)})
+        conn.execute(insert(ENTRIES).values(seq=seq, at=at, actor=actor, action=action, subject=subject,
+                                            details=details_text, prev_hash=prev_hash, entry_hash=entry.entry_hash))
         return entry
 
     def entries(self, subject: str | None = None, *, start: int = 1, end: int | None = None) -> list[CustodyEntry]:

@@ -370,8 +370,15 @@ class CustodyAction(StrEnum):
     MEMBER_REMOVED = "member-removed"
     VIEWED = "viewed"  # a case, a capture, its custody record or a log entry was read
     DOWNLOADED = "downloaded"
+    DOWNLOAD_CUT_OFF = "download-cut-off"  # the stored bytes did not match the manifest: the download was stopped
     HASH_LOOKUP = "hash-lookup"  # the public hash check was asked (found or not)
     PACKAGE_VERIFIED = "package-verified"  # a package was uploaded and verified
+    CAPTURE_REQUESTED = "capture-requested"  # committed with the queued job, in one transaction
+    CAPTURE_STARTED = "capture-started"  # a worker took the job
+    CAPTURE_STOP_REQUESTED = "capture-stop-requested"
+    CAPTURE_WITNESSED = "capture-witnessed"  # the second officer confirmed with their own login
+    CAPTURE_INTERRUPTED = "capture-interrupted"  # its worker stopped beating (killed, host down)
+    CAPTURE_ENDED = "capture-ended"  # complete, partial or failed, with the reason
 
 
 class CustodyEntry(Frozen):

@@ -84,8 +84,10 @@ def _covering_checkpoints(services: Services, seqs: list[int], newest: Checkpoin
     return [chosen[size] for size in sorted(chosen)]
 
 
-def export_capture(services: Services, capture_dir: Path, output: Path) -> Path:
-    """Write the package; records an `exported` custody entry and a fresh checkpoint that covers it."""
+def export_capture(services: Services, capture_dir: Path, output: Path, *, actor: str | None = None) -> Path:
+    """Write the package; records an `exported` custody entry (by `actor`, default the node's) and a fresh
+    checkpoint that covers it."""
+    actor = actor or services.actor
     if output.exists():
         raise UsageError(f"{output} exists; choose another file name")
     if not has_preservation(capture_dir):
@@ -94,7 +96,7 @@ def export_capture(services: Services, capture_dir: Path, output: Path) -> Path:
     preservation = load_preservation(capture_dir)
     root = manifest.capture_id
     ledger = services.ledger
-    services.record(CustodyAction.EXPORTED, manifest.capture_id, {"package": output.name})
+    services.record_as(actor, CustodyAction.EXPORTED, manifest.capture_id, {"package": output.name})
     checkpoint = services.checkpoint()
     entries = [e for e in ledger.entries(subject=manifest.capture_id) if e.seq <= checkpoint.tree_size]
     proofs = ledger.inclusion_proofs([e.seq for e in entries], checkpoint.tree_size)
@@ -151,7 +153,7 @@ def export_capture(services: Services, capture_dir: Path, output: Path) -> Path:
     partial.replace(output)
     size, digests = digest_file(output)
     # The package's own digests go on the record after it is written (they cannot be inside it).
-    services.record(CustodyAction.EXPORT_WRITTEN, manifest.capture_id,
-                    {"package": output.name, "size": size, "sha256": digests.sha256, "sm3": digests.sm3,
-                     "index_sha256": hashlib.sha256(sha_lines).hexdigest()})
+    services.record_as(actor, CustodyAction.EXPORT_WRITTEN, manifest.capture_id,
+                       {"package": output.name, "size": size, "sha256": digests.sha256, "sm3": digests.sm3,
+                        "index_sha256": hashlib.sha256(sha_lines).hexdigest()})
     return output

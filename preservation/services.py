@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import Connection
 
 from custody.checkpoints import (
     CHECKPOINT_PREFIX,
@@ -157,15 +158,26 @@ class Services:
         whenever CHECKPOINT_EVERY_ENTRIES entries or CHECKPOINT_EVERY_SECONDS have passed since the last one,
         so what a checkpoint in WORM storage does not yet cover stays small."""
         entry = self.ledger.append(actor, action, subject, details)
+        # A batch in progress checkpoints once, at its end; otherwise one thread decides and signs at a time.
+        self.after_commit(entry)
+        return entry
+
+    def record_in(self, connection: Connection, actor: str, action: CustodyAction, subject: str,
+                  details: dict[str, Any]) -> CustodyEntry:
+        """Append an entry inside the caller's transaction (on the ledger's database): it commits with what the
+        caller writes there, or not at all. Call `after_commit(entry)` once the transaction has committed."""
+        return self.ledger.append(actor, action, subject, details, connection=connection)
+
+    def after_commit(self, entry: CustodyEntry) -> None:
+        """Checkpoint if an entry appended in a caller's transaction made one due."""
         if self._deferred:
-            return entry  # a batch in progress checkpoints once, at its end
-        with self._checkpointing:  # one thread decides and signs at a time (the service appends from many)
+            return
+        with self._checkpointing:
             latest = self._latest_checkpoint()
             covered = latest.tree_size if latest is not None else 0
             age = (entry.at - latest.at).total_seconds() if latest is not None else 0.0
             if entry.seq - covered >= CHECKPOINT_EVERY_ENTRIES or age >= CHECKPOINT_EVERY_SECONDS:
                 self.checkpoint()
-        return entry
 
     @contextlib.contextmanager
     def one_checkpoint(self) -> Iterator[None]:

@@ -87,8 +87,8 @@ class ObjectStore(Protocol):
         """Read the version back, re-check size, both digests and retention; a copy with `verified_at`."""
         ...
 
-    def read(self, key: str, version_id: str) -> Iterator[bytes]:
-        """The bytes of one version, streamed."""
+    def read(self, key: str, version_id: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The bytes of one version (or `length` bytes of it from `offset`), streamed."""
         ...
 
     def set_legal_hold(self, key: str, version_id: str, on: bool) -> None: ...
@@ -495,10 +495,11 @@ class S3ObjectStore(ObjectStore):
                     return False
                 raise
 
-    def read(self, key: str, version_id: str) -> Iterator[bytes]:
+    def read(self, key: str, version_id: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         subject = f"{self.bucket}/{key} version {version_id}"
         with self._errors("read", subject):
-            response = self._client.get_object(self.bucket, key, version_id=version_id)
+            response = self._client.get_object(self.bucket, key, version_id=version_id, offset=offset,
+                                               length=length or 0)
         try:
             with self._errors("read", subject):
                 yield from response.stream(READ_CHUNK)

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
-from api.db import users
 from api.deps import ContextDep, PrincipalDep, client_of, require_role
 from api.models import TokenPublic, UserCreate, UserPublic
 from api.security import (
@@ -20,6 +19,7 @@ from api.security import (
     password_matches,
 )
 from evidence import CustodyAction
+from service.db import users
 
 router = APIRouter(tags=["auth"])
 
@@ -29,7 +29,8 @@ def _public(row: object) -> UserPublic:
 
 
 @router.post("/auth/token", response_model=TokenPublic, summary="Sign in; returns a short-lived bearer token")
-def sign_in(request: Request, ctx: ContextDep, username: Annotated[str, Form(max_length=64)],
+def sign_in(request: Request, ctx: ContextDep,
+            username: Annotated[str, Form(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")],
             password: Annotated[str, Form(max_length=1000)]) -> TokenPublic:
     client = client_of(request)
     wait = ctx.logins.retry_after(client)

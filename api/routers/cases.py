@@ -11,7 +11,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
-from api.db import captures, case_members, cases, users
 from api.deps import (
     CASE_ROLES_FOR,
     CaseAccess,
@@ -24,6 +23,7 @@ from api.security import Principal
 from evidence import CustodyAction
 from evidence.layout import has_preservation
 from preservation.preserve import Preserver
+from service.db import captures, case_members, cases, users
 
 router = APIRouter(tags=["cases"])
 
@@ -50,7 +50,8 @@ def _public(conn: Connection, case_id: str, your_role: str) -> CasePublic:
 @router.get("/cases", response_model=list[CasePublic], summary="The cases you are a member of")
 def list_cases(ctx: ContextDep, principal: Annotated[Principal, Depends(require_role(
         "investigator", "case_handler", "court"))],
-        q: Annotated[str | None, Query(max_length=200, description="words in the title or reference")] = None,
+        q: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$",
+                                            description="words in the title or reference")] = None,
         state: Annotated[str | None, Query(pattern="^(lead|opened|closed)$")] = None) -> list[CasePublic]:
     query = (select(cases.c.id, case_members.c.role).join(case_members, case_members.c.case_id == cases.c.id)
              .where(case_members.c.user_id == principal.user_id).order_by(cases.c.created_at.desc()))

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from sqlalchemy import select
 
-from api.db import captures
 from api.deps import CaseAccess, ContextDep, PrincipalDep, load_case_access, not_found, require_case_role
 from api.models import CustodyEntryPublic
 from api.routers.log import entry_public
 from evidence import CustodyAction
+from service.db import captures
 
 router = APIRouter(tags=["custody"])
 CaptureId = Annotated[str, Path(pattern=r"^wz-\d{8}T\d{6}Z-[0-9a-f]{6}$")]

@@ -14,7 +14,6 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from sqlalchemy import select
 
-from api.db import captures, case_members
 from api.deps import ContextDep, PrincipalDep, not_found
 from api.models import (
     CheckpointPublic,
@@ -24,9 +23,11 @@ from api.models import (
 )
 from custody.proofs import checkpoint_body
 from evidence import CustodyAction, CustodyEntry, UsageError
+from service.db import captures, case_members
 
 router = APIRouter(tags=["log"])
-Seq = Annotated[int, Path(ge=1, le=2**62, description="the entry's number (its seq; leaf index + 1)")]
+MAX_SEQ = 2**31 - 1  # the ledger numbers entries with 32-bit integers
+Seq = Annotated[int, Path(ge=1, le=MAX_SEQ, description="the entry's number (its seq; leaf index + 1)")]
 
 
 def entry_public(entry: CustodyEntry) -> CustodyEntryPublic:
@@ -75,8 +76,8 @@ def entry(index: Seq, ctx: ContextDep, principal: PrincipalDep) -> CustodyEntryP
 
 @router.get("/log/proof/inclusion", response_model=InclusionProofPublic,
             summary="RFC 9162 inclusion proof of entry `index` in the tree of `tree_size` entries (public)")
-def inclusion(ctx: ContextDep, index: Annotated[int, Query(ge=1, le=2**62)],
-              tree_size: Annotated[int, Query(ge=1, le=2**62)]) -> InclusionProofPublic:
+def inclusion(ctx: ContextDep, index: Annotated[int, Query(ge=1, le=MAX_SEQ)],
+              tree_size: Annotated[int, Query(ge=1, le=MAX_SEQ)]) -> InclusionProofPublic:
     try:
         proof = ctx.services.ledger.inclusion_proof(index, tree_size)
     except UsageError as exc:
@@ -86,8 +87,8 @@ def inclusion(ctx: ContextDep, index: Annotated[int, Query(ge=1, le=2**62)],
 
 @router.get("/log/proof/consistency", response_model=ConsistencyProofPublic,
             summary="RFC 9162 consistency proof from the tree of `first` entries to that of `second` (public)")
-def consistency(ctx: ContextDep, first: Annotated[int, Query(ge=0, le=2**62)],
-                second: Annotated[int, Query(ge=0, le=2**62)]) -> ConsistencyProofPublic:
+def consistency(ctx: ContextDep, first: Annotated[int, Query(ge=0, le=MAX_SEQ)],
+                second: Annotated[int, Query(ge=0, le=MAX_SEQ)]) -> ConsistencyProofPublic:
     try:
         proof = ctx.services.ledger.consistency_proof(first, second)
     except UsageError as exc:

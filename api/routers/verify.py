@@ -17,7 +17,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import or_, select
 
-from api.db import evidence_digests
 from api.deps import ContextDep, client_of, optional_principal
 from api.models import (
     HashAnswer,
@@ -34,6 +33,7 @@ from evidence.layout import has_preservation, load_preservation
 from preservation.record import object_key
 from preservation.registry import locate
 from preservation.verify import VerificationReport, verify_package
+from service.db import evidence_files
 
 router = APIRouter(tags=["verify"])
 UPLOAD_CHUNK = 1 << 20
@@ -57,9 +57,9 @@ def verify_hash(body: HashQuery, request: Request, ctx: ContextDep,
     client = client_of(request)
     _limited(ctx, client)
     digest = (body.sha256 or body.sm3 or "").lower()
-    column = evidence_digests.c.sha256 if body.sha256 else evidence_digests.c.sm3
+    column = evidence_files.c.sha256 if body.sha256 else evidence_files.c.sm3
     with ctx.engine.connect() as conn:
-        rows = list(conn.execute(select(evidence_digests).where(or_(column == digest)).limit(20)))
+        rows = list(conn.execute(select(evidence_files).where(or_(column == digest)).limit(20)))
     checkpoint = ctx.services.ledger.latest_checkpoint() if rows else None
     matches = [_match(ctx, row, checkpoint.tree_size if checkpoint else None) for row in rows]
     ctx.record(_actor(principal, client), CustodyAction.HASH_LOOKUP, "hash-check",

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +30,7 @@ from api.context import Context
 from api.routers.auth import add_user
 from evidence import Settings
 from storage import S3Endpoint
+from tests.conftest import REPO, base_env, wz
 
 POSTGRES_URL = os.environ.get("WZ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery"  # noqa: S105 - the test users' password
@@ -107,3 +113,91 @@ def open_service(data_dir: Path, endpoint: S3Endpoint, **overrides: Any) -> Iter
 @pytest.fixture
 def service(tmp_path: Path, s3_server: S3Endpoint) -> Iterator[Service]:
     yield from open_service(tmp_path / "data", s3_server)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """`wz serve` (and any extra `wz worker`) as separate processes, reached over real HTTP."""
+
+    base: str
+    env: dict[str, str]
+    database_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    client: httpx.Client
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def add_user(self, name: str, role: str) -> dict[str, str]:
+        made = wz(["users", "add", name, "--role", role, "--password-stdin"], self.env, stdin=PASSWORD + "\n")
+        assert made.returncode == 0, made.stderr
+        answer = self.client.post("/auth/token", data={"username": name, "password": PASSWORD})
+        assert answer.status_code == 200, answer.text
+        self.headers[name] = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+        return self.headers[name]
+
+    def start_worker(self, tiles: int = 4) -> subprocess.Popen[bytes]:
+        log = self.log.with_name(f"worker-{len(self.workers)}.log").open("ab")
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--tiles", str(tiles)],
+                                   env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(process)
+        return process
+
+    def wait_state(self, capture_id: str, who: str, states: tuple[str, ...], timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        seen: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            seen = self.client.get(f"/captures/{capture_id}", headers=self.headers[who]).json()
+            if seen.get("state") in states:
+                return seen
+            time.sleep(0.5)
+        raise AssertionError(f"{capture_id} did not reach {states} in {timeout:.0f} s: {seen}\n"
+                             f"{self.log.read_text(errors='replace')[-4000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def serve_process(data_dir: Path, endpoint: S3Endpoint, *args: str) -> Iterator[Served]:
+    url, drop = fresh_database()
+    env = base_env(data_dir, endpoint) | {"WZ_DATABASE_URL": url, "WZ_ACTOR": "wz-test-admin"}
+    env.pop("WZ_SECRET_KEY", None)
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.parent / "serve.log"
+    with log.open("ab") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), *args], env=env,
+                                   cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=120)
+    served = Served(f"http://127.0.0.1:{port}", env, url, process, log, client)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if client.get("/log/checkpoint").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"wz serve did not start:\n{log.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.5)
+        yield served
+    finally:
+        client.close()
+        for worker in served.workers:
+            _stop(worker, 180)
+        _stop(process, 240)
+        drop()

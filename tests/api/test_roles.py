@@ -20,10 +20,14 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from api.db import api_tokens, captures, case_members, users
 from api.security import new_api_token
+from preservation.preserve import Preserver
+from preservation.registry import register
+from service.captures import finish_from_directory
+from service.db import api_tokens, capture_previews, captures, case_members, users
 from storage import S3Endpoint
 from tests.api.conftest import Service, open_service
+from tests.preservation.conftest import make_capture
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +40,24 @@ CALLERS = ("anonymous", "admin", "investigator", "case_handler", "court", "inves
 class World:
     service: Service
     case_id: str
-    capture_id: str
+    capture_id: str  # recorded (made without a browser), preserved in the real store, indexed
+    queued_id: str  # queued, never started: stop is tried on it
     entry_seq: int
+
+
+def preserved_capture(service: Service, case_id: str, requested_by: int) -> str:
+    """A capture as a worker leaves it: files, manifest, preservation in the store, index, state complete."""
+    capture_id = f"wz-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    with service.ctx.engine.begin() as conn:
+        conn.execute(insert(captures).values(id=capture_id, case_id=case_id, requested_by=requested_by,
+                                             state="preserving", request={"urls": ["https://shop.example/item/1"]},
+                                             tiles=1, created_at=datetime.now(UTC), second_officer_id=requested_by))
+    directory = service.settings.captures_dir / capture_id
+    make_capture(directory, capture_id=capture_id, case_id=case_id)
+    register(service.settings.registry_dir, capture_id, directory)
+    Preserver(service.ctx.services).preserve(directory)
+    assert finish_from_directory(service.ctx.engine, service.ctx.services, capture_id, directory) == "complete"
+    return capture_id
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +73,34 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Endpoint) -> It
         for role in ("case_handler", "court"):
             assert service.request("PUT", f"/cases/{case_id}/members/{role}", "investigator",
                                    json={"role": role}).status_code == 200
-        capture_id = f"wz-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
         token_id, token, secret_sha256 = new_api_token()
         now = datetime.now(UTC)
+        queued_id = f"wz-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
         with service.ctx.engine.begin() as conn:
             investigator = conn.execute(users.select().where(users.c.name == "investigator")).one()
-            conn.execute(insert(captures).values(id=capture_id, case_id=case_id, requested_by=investigator.id,
-                                                 state="complete", request={"urls": []}, created_at=now))
+            conn.execute(insert(captures).values(id=queued_id, case_id=case_id, requested_by=investigator.id,
+                                                 state="queued", request={"urls": ["https://shop.example/"]},
+                                                 tiles=1, created_at=now))
             conn.execute(insert(api_tokens).values(id=token_id, user_id=investigator.id, name="read only",
                                                    secret_sha256=secret_sha256, scopes=["read"], created_at=now))
+        capture_id = preserved_capture(service, case_id, investigator.id)
+        with service.ctx.engine.begin() as conn:
+            conn.execute(insert(capture_previews).values(capture_id=capture_id, at=now, jpeg=b"\xff\xd8 a jpeg"))
         service.tokens["investigator-read-token"] = token
         seq = service.ctx.services.ledger.entries(subject=case_id)[0].seq
-        yield World(service, case_id, capture_id, seq)
+        yield World(service, case_id, capture_id, queued_id, seq)
+
+
+def _stoppable(world: World) -> None:
+    with world.service.ctx.engine.begin() as conn:
+        conn.execute(captures.update().where(captures.c.id == world.queued_id).values(
+            state="queued", reason="", stop_requested_by=None, stop_requested_at=None, ended_at=None))
+
+
+def _unwitnessed(world: World) -> None:
+    with world.service.ctx.engine.begin() as conn:
+        conn.execute(captures.update().where(captures.c.id == world.capture_id).values(
+            witnessed_at=None, ended_at=datetime.now(UTC)))
 
 
 def _spare_member(world: World) -> None:
@@ -120,6 +156,26 @@ TABLE = [
         case_scoped=True),
     Row("GET", "/api/v1/captures/{capture_id}/custody", MEMBER_READERS,
         lambda w: f"/captures/{w.capture_id}/custody", case_scoped=True),
+    Row("POST", "/api/v1/cases/{case_id}/captures", {"investigator"}, lambda w: f"/cases/{w.case_id}/captures",
+        body=lambda w: {"urls": ["http://127.0.0.1:9/"], "duration": 5}, case_scoped=True),
+    Row("GET", "/api/v1/cases/{case_id}/captures", MEMBER_READERS, lambda w: f"/cases/{w.case_id}/captures",
+        case_scoped=True),
+    Row("GET", "/api/v1/captures/{capture_id}", MEMBER_READERS, lambda w: f"/captures/{w.capture_id}",
+        case_scoped=True),
+    Row("GET", "/api/v1/captures/{capture_id}/events", MEMBER_READERS, lambda w: f"/captures/{w.capture_id}/events",
+        case_scoped=True),
+    Row("GET", "/api/v1/captures/{capture_id}/preview.jpg", MEMBER_READERS,
+        lambda w: f"/captures/{w.capture_id}/preview.jpg", case_scoped=True),
+    Row("POST", "/api/v1/captures/{capture_id}/stop", {"investigator"}, lambda w: f"/captures/{w.queued_id}/stop",
+        prepare=_stoppable, case_scoped=True),
+    Row("POST", "/api/v1/captures/{capture_id}/witness", {"investigator"},
+        lambda w: f"/captures/{w.capture_id}/witness", prepare=_unwitnessed, case_scoped=True),
+    Row("GET", "/api/v1/captures/{capture_id}/manifest", MEMBER_READERS,
+        lambda w: f"/captures/{w.capture_id}/manifest", case_scoped=True),
+    Row("GET", "/api/v1/captures/{capture_id}/artifacts/{path}", MEMBER_READERS,
+        lambda w: f"/captures/{w.capture_id}/artifacts/composite.mp4", case_scoped=True),
+    Row("GET", "/api/v1/captures/{capture_id}/export", {"investigator", "case_handler", "court"},
+        lambda w: f"/captures/{w.capture_id}/export", case_scoped=True),
     Row("GET", "/api/v1/log/checkpoint", ANYONE, lambda w: "/log/checkpoint"),
     Row("GET", "/api/v1/log/entries/{index}", MEMBER_READERS | {"admin"}, lambda w: f"/log/entries/{w.entry_seq}",
         case_scoped=True),

@@ -131,8 +131,8 @@ class VerifyFailsOnce:
             raise StoreUnavailable("the store went away after the upload")
         return self.store.verify(stored)
 
-    def read(self, key: str, version_id: str) -> Iterator[bytes]:
-        return self.store.read(key, version_id)
+    def read(self, key: str, version_id: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        return self.store.read(key, version_id, offset, length)
 
     def set_legal_hold(self, key: str, version_id: str, on: bool) -> None:
         self.store.set_legal_hold(key, version_id, on)

@@ -1,6 +1,6 @@
-"""The service's tables: users and their tokens, cases and their members, captures, the evidence digest index.
+"""The service's tables: users and their tokens, cases and their members, captures, workers, the evidence index.
 
-SQLAlchemy Core, created and changed only by Alembic migrations (api/migrations); `wz serve` and `wz worker`
+SQLAlchemy Core, created and changed only by Alembic migrations (service/migrations); `wz serve` and `wz worker`
 upgrade the database to head before they start. The custody ledger's tables are the ledger's own (custody/), with
 their append-only guards, and the job queue's are procrastinate's, applied by the first migration.
 """
@@ -89,20 +89,28 @@ captures = Table(
     Column("case_id", String(32), ForeignKey("cases.id"), nullable=False),
     Column("requested_by", Integer, ForeignKey("users.id"), nullable=False),
     Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
     Column("request", JSON, nullable=False),
+    Column("tiles", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("ended_at", DateTime(timezone=True)),
-    Column("worker", String(200)),
+    Column("worker", String(64)),  # the worker node that took the job (workers.id)
     Column("heartbeat_at", DateTime(timezone=True)),
-    Column("directory", Text),
-    Column("summary", JSON),
-    Column("stop_requested", Boolean, nullable=False, default=False),
-    Column("witness_id", Integer, ForeignKey("users.id")),
+    Column("progress", JSON),  # the newest per-tile states, seconds recorded, segments chained
+    Column("directory", Text),  # on the worker's host
+    Column("summary", JSON),  # the manifest summary, once there is a manifest
+    Column("record", JSON),  # the preservation record, once preserved (what the store holds, by version)
+    Column("manifest_sha256", String(64)),
+    Column("stop_requested_by", Integer, ForeignKey("users.id")),
+    Column("stop_requested_at", DateTime(timezone=True)),
+    Column("second_officer_id", Integer, ForeignKey("users.id")),  # named at launch, confirms with their login
     Column("witnessed_at", DateTime(timezone=True)),
     Column("job_id", BigInteger),
     CheckConstraint(f"state IN {CAPTURE_STATES}", name="captures_state"),
+    CheckConstraint("tiles BETWEEN 1 AND 9", name="captures_tiles"),
     Index("captures_case", "case_id"),
+    Index("captures_state", "state"),
 )
 
 capture_events = Table(
@@ -110,6 +118,7 @@ capture_events = Table(
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("capture_id", String(40), ForeignKey("captures.id"), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
     Column("event", JSON, nullable=False),
     Index("capture_events_capture", "capture_id", "id"),
 )
@@ -121,17 +130,36 @@ capture_previews = Table(
     Column("jpeg", LargeBinary, nullable=False),
 )
 
-# Every registered file by its digests, for the public hash check: what it is, never what it shows.
-evidence_digests = Table(
-    "evidence_digests", metadata,
+# The workers that record: each advertises its tile budget and beats every few seconds.
+workers = Table(
+    "workers", metadata,
+    Column("id", String(64), primary_key=True),  # stable per data directory (worker-id file)
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("tiles", Integer, nullable=False),
+    Column("free_tiles", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("stopped_at", DateTime(timezone=True)),
+)
+
+# Every registered file by its digests and its object version in the store: for the public hash check (what a
+# file is, never what it shows) and for downloads by version.
+evidence_files = Table(
+    "evidence_files", metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("sha256", String(64), nullable=False),
     Column("sm3", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("capture_id", String(40), nullable=False),
     Column("path", Text, nullable=False),
     Column("role", String(32), nullable=False),
+    Column("media_type", String(100), nullable=False),
     Column("acquired_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("capture_id", "path", name="evidence_digests_file"),
-    Index("evidence_digests_sha256", "sha256"),
-    Index("evidence_digests_sm3", "sm3"),
+    Column("bucket", String(63)),
+    Column("object_key", Text),
+    Column("version_id", Text),
+    UniqueConstraint("capture_id", "path", name="evidence_files_file"),
+    Index("evidence_files_sha256", "sha256"),
+    Index("evidence_files_sm3", "sm3"),
 )

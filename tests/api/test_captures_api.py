@@ -1,0 +1,178 @@
+"""Launching, stopping and downloading, as an adversary tries them: what is refused, what is kept, what is cut off.
+
+No worker runs here: launched captures stay queued, which is what these tests need. Recorded captures are made
+without a browser (tests/preservation) and preserved in the real store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text, update
+
+from api.routers.evidence import DownloadCutOff
+from service.db import captures, evidence_files, users
+from storage import S3Endpoint
+from tests.api.conftest import Service, open_service
+from tests.api.test_roles import preserved_capture
+
+pytestmark = pytest.mark.integration
+
+
+def case_with(service: Service, *members: tuple[str, str]) -> str:
+    service.add_user("wang", "investigator")
+    case_id: str = service.post("/cases", "wang", json={"title": "adversary"}).json()["id"]
+    for name, role in members:
+        service.add_user(name, role)
+        assert service.request("PUT", f"/cases/{case_id}/members/{name}", "wang", json={"role": role}).status_code \
+            == 200
+    return case_id
+
+
+def user_id(service: Service, name: str) -> int:
+    with service.ctx.engine.connect() as conn:
+        return int(conn.execute(select(users.c.id).where(users.c.name == name)).scalar_one())
+
+
+def test_launch_queues_the_job_and_its_custody_entry_together(service: Service) -> None:
+    case_id = case_with(service, ("li", "investigator"))
+    launched = service.post(f"/cases/{case_id}/captures", "wang",
+                            json={"urls": ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], "duration": 30,
+                                  "second_officer": "li"})
+    assert launched.status_code == 202, launched.text
+    capture = launched.json()
+    assert "no worker is running" in capture["note"]
+    with service.ctx.engine.connect() as conn:
+        job = conn.execute(text("SELECT queue_name, status, args FROM procrastinate_jobs")).one()
+    assert job.queue_name == "captures-2" and job.status == "todo" and job.args["capture_id"] == capture["id"]
+    entry = service.ctx.services.ledger.entries(subject=capture["id"])[0]
+    assert entry.action.value == "capture-requested" and entry.actor == "wang"
+    assert entry.details["second_officer"] == "li"
+
+
+def test_a_failed_custody_write_queues_nothing(service: Service) -> None:
+    case_id = case_with(service)
+    with service.ctx.engine.begin() as conn:  # the ledger's insert fails, as a full disk or a lost lock would
+        conn.exec_driver_sql("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; "
+                             "END $$ LANGUAGE plpgsql")
+        conn.exec_driver_sql("CREATE TRIGGER refuse_capture BEFORE INSERT ON custody_entries FOR EACH ROW "
+                             "WHEN (NEW.action = 'capture-requested') EXECUTE FUNCTION refuse()")
+    client = TestClient(service.client.app, raise_server_exceptions=False)
+    answer = client.post(f"/api/v1/cases/{case_id}/captures", json={"urls": ["http://127.0.0.1:9/"]},
+                         headers={"Authorization": f"Bearer {service.tokens['wang']}"})
+    assert answer.status_code == 500 and "disk full" not in answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    with service.ctx.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM captures")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM procrastinate_jobs")).scalar_one() == 0
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"urls": []}, "urls"),
+    ({"urls": ["http://127.0.0.1:9/"] * 10}, "urls"),
+    ({"urls": ["file:///etc/passwd"]}, "http(s)"),
+    ({"urls": ["javascript:alert(1)"]}, "http(s)"),
+    ({"urls": ["http://user:pw@127.0.0.1:9/"]}, "passwords"),
+    ({"urls": ["http://127.0.0.1:9/"], "duration": -1}, "duration"),
+    ({"urls": ["http://127.0.0.1:9/"], "duration": 10**9}, "maximum"),
+    ({"urls": ["http://127.0.0.1:9/"], "fps": 240}, "fps"),
+    ({"urls": ["http://127.0.0.1:9/"], "layout": "../../x"}, "layout"),
+    ({"urls": ["http://127.0.0.1:9/"], "second_officer": "nobody"}, "second_officer"),
+    ({"urls": ["http://127.0.0.1:9/"], "second_officer": "wang"}, "other than the operator"),
+    ({"urls": ["http://127.0.0.1:9/"], "out_dir": "/etc"}, "out_dir"),
+])
+def test_bad_launches_say_what_to_fix(service: Service, body: dict[str, object], says: str) -> None:
+    case_id = case_with(service)
+    answer = service.post(f"/cases/{case_id}/captures", "wang", json=body)
+    assert answer.status_code == 422, answer.text
+    assert says in answer.json()["detail"]
+
+
+def test_private_targets_are_refused_unless_allowlisted(tmp_path: Path, s3_server: S3Endpoint) -> None:
+    for service in open_service(tmp_path / "data", s3_server, capture_allow_private=False):
+        case_id = case_with(service)
+        for url in ("http://127.0.0.1:8080/", "http://10.0.0.5/", "http://[::1]/", "http://169.254.169.254/latest",
+                    "http://localhost/", "http://0x7f000001/", "http://[::ffff:127.0.0.1]/"):
+            answer = service.post(f"/cases/{case_id}/captures", "wang", json={"urls": [url]})
+            assert answer.status_code == 422, (url, answer.text)
+            assert "refusing" in answer.json()["detail"], answer.text
+
+
+def test_a_closed_case_takes_no_capture(service: Service) -> None:
+    case_id = case_with(service)
+    service.request("PATCH", f"/cases/{case_id}", "wang", json={"state": "opened"})
+    service.request("PATCH", f"/cases/{case_id}", "wang", json={"state": "closed", "outcome": "fined"})
+    answer = service.post(f"/cases/{case_id}/captures", "wang", json={"urls": ["http://127.0.0.1:9/"]})
+    assert answer.status_code == 409
+
+
+def test_stopping_a_queued_capture_is_a_recorded_failure(service: Service) -> None:
+    case_id = case_with(service)
+    capture_id = service.post(f"/cases/{case_id}/captures", "wang",
+                              json={"urls": ["http://127.0.0.1:9/"]}).json()["id"]
+    stopped = service.post(f"/captures/{capture_id}/stop", "wang")
+    assert stopped.status_code == 202
+    assert stopped.json()["state"] == "failed" and "nothing was recorded" in stopped.json()["reason"]
+    with service.ctx.engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM procrastinate_jobs")).scalar_one() == "cancelled"
+    actions = [e.action.value for e in service.ctx.services.ledger.entries(subject=capture_id)]
+    assert actions == ["capture-requested", "capture-stop-requested", "capture-ended"]
+    assert service.post(f"/captures/{capture_id}/stop", "wang").status_code == 409
+
+
+def test_witness_rules(service: Service) -> None:
+    case_id = case_with(service, ("li", "investigator"), ("qian", "investigator"))
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    with service.ctx.engine.begin() as conn:
+        conn.execute(update(captures).where(captures.c.id == capture_id).values(
+            second_officer_id=user_id(service, "li"), ended_at=datetime.now(UTC)))
+    assert service.post(f"/captures/{capture_id}/witness", "qian").status_code == 403
+    assert service.post(f"/captures/{capture_id}/witness", "li").status_code == 200
+    assert service.post(f"/captures/{capture_id}/witness", "li").status_code == 409
+    with service.ctx.engine.begin() as conn:
+        conn.execute(update(captures).where(captures.c.id == capture_id).values(
+            witnessed_at=None, ended_at=datetime(2020, 1, 1, tzinfo=UTC)))
+    late = service.post(f"/captures/{capture_id}/witness", "li")
+    assert late.status_code == 409 and "too late" in late.json()["detail"]
+
+
+def test_paths_name_index_rows_never_files(service: Service) -> None:
+    case_id = case_with(service)
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    for path in ("../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd", "preservation.json",
+                 "composite.mp4%00.txt", "COMPOSITE.MP4", "composite.mp4/", "keys/signer.key"):
+        answer = service.get(f"/captures/{capture_id}/artifacts/{path}", "wang")
+        assert answer.status_code in (404, 422), (path, answer.status_code)
+    ok = service.get(f"/captures/{capture_id}/artifacts/tiles/1/page.json", "wang")
+    assert ok.status_code == 200 and ok.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize(("header", "status", "length"), [
+    ("bytes=0-99", 206, 100), ("bytes=-100", 206, 100), ("bytes=299900-", 206, 100), ("bytes=0-0,5-9", 200, None),
+    ("items=0-9", 200, None), ("bytes=abc", 200, None), ("bytes=300000-", 416, None), ("bytes=-0", 416, None),
+    ("bytes=9-5", 200, None),
+])
+def test_ranges(service: Service, header: str, status: int, length: int | None) -> None:
+    case_id = case_with(service)
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    answer = service.get(f"/captures/{capture_id}/artifacts/composite.mp4", "wang", headers={"Range": header})
+    assert answer.status_code == status, answer.text[:200]
+    if length is not None:
+        assert len(answer.content) == length
+    if status == 200:
+        assert len(answer.content) == 300_000
+
+
+def test_a_download_whose_bytes_differ_is_cut_off_and_recorded(service: Service) -> None:
+    case_id = case_with(service)
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    with service.ctx.engine.begin() as conn:  # the index says one thing, the store holds another
+        conn.execute(update(evidence_files).where(evidence_files.c.capture_id == capture_id,
+                                                  evidence_files.c.path == "composite.mp4").values(sha256="0" * 64))
+    with pytest.raises(DownloadCutOff):
+        service.get(f"/captures/{capture_id}/artifacts/composite.mp4", "wang")
+    cut = [e for e in service.ctx.services.ledger.entries(subject=capture_id) if e.action.value == "download-cut-off"]
+    assert len(cut) == 1 and cut[0].details["path"] == "composite.mp4" and cut[0].actor == "wang"
+    assert cut[0].details["expected_sha256"] == "0" * 64
