@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
@@ -21,9 +20,7 @@ from api.deps import (
 from api.models import CaseCreate, CasePublic, CaseUpdate, LegalHoldPublic, LegalHoldSet, MemberPublic, MemberSet
 from api.security import Principal
 from evidence import CustodyAction
-from evidence.layout import has_preservation
-from preservation.preserve import Preserver
-from service.db import captures, case_members, cases, users
+from service.db import captures, case_members, cases, evidence_files, users
 
 router = APIRouter(tags=["cases"])
 
@@ -61,7 +58,10 @@ def list_cases(ctx: ContextDep, principal: Annotated[Principal, Depends(require_
     if state:
         query = query.where(cases.c.state == state)
     with ctx.engine.connect() as conn:
-        return [_public(conn, row.id, row.role) for row in conn.execute(query.limit(500))]
+        found = [_public(conn, row.id, row.role) for row in conn.execute(query.limit(500))]
+    ctx.record(principal.actor, CustodyAction.VIEWED, "case-list",
+               {"what": "case list", "q": q or "", "state": state or "", "cases": [c.id for c in found][:100]})
+    return found
 
 
 @router.post("/cases", response_model=CasePublic, status_code=201, summary="Open a case as a lead (investigator)")
@@ -174,22 +174,32 @@ def remove_member(user: UserPath, ctx: ContextDep, access: Annotated[CaseAccess,
             summary="Set or release legal hold on every stored object of the case (case handler)")
 def legal_hold(body: LegalHoldSet, ctx: ContextDep, access: Annotated[CaseAccess, Depends(require_case_role(
         "case_handler", "investigator", scope="export"))]) -> LegalHoldPublic:
+    # By the index of stored versions, so a capture recorded on another worker host is held like a local one.
     with ctx.engine.connect() as conn:
-        directories = [row.directory for row in conn.execute(
-            select(captures.c.directory).where(captures.c.case_id == access.case.id, captures.c.directory.isnot(None)))]
-    preserver = Preserver(ctx.services)
-    objects = 0
-    held = 0
-    for directory in directories:
-        folder = FilePath(directory)
-        if has_preservation(folder):
-            objects += preserver.legal_hold(folder, body.on, f"{body.reason} (case {access.case.id}, by "
-                                                             f"{access.principal.actor})")
-            held += 1
+        rows = list(conn.execute(
+            select(evidence_files.c.capture_id, evidence_files.c.bucket, evidence_files.c.object_key,
+                   evidence_files.c.version_id)
+            .join(captures, captures.c.id == evidence_files.c.capture_id)
+            .where(captures.c.case_id == access.case.id, evidence_files.c.version_id.isnot(None))
+            .order_by(evidence_files.c.capture_id, evidence_files.c.path)))
+    store = ctx.services.store() if rows else None
+    by_capture: dict[str, int] = {}
+    for row in rows:
+        assert store is not None
+        if row.bucket != store.bucket:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"{row.capture_id} is stored in the bucket {row.bucket}, "
+                                                          f"not the configured {store.bucket}; nothing more was "
+                                                          "changed")
+        store.set_legal_hold(row.object_key, row.version_id, body.on)
+        by_capture[row.capture_id] = by_capture.get(row.capture_id, 0) + 1
     with ctx.engine.begin() as conn:
         conn.execute(update(cases).where(cases.c.id == access.case.id).values(legal_hold=body.on,
                                                                               updated_at=datetime.now(UTC)))
     action = CustodyAction.LEGAL_HOLD if body.on else CustodyAction.LEGAL_HOLD_RELEASED
-    ctx.record(access.principal.actor, action, access.case.id,
-               {"captures": held, "objects": objects, "reason": body.reason})
-    return LegalHoldPublic(on=body.on, captures=held, objects=objects)
+    actor = access.principal.actor
+    with ctx.services.one_checkpoint():
+        for capture_id, count in by_capture.items():
+            ctx.record(actor, action, capture_id, {"objects": count, "reason": body.reason, "case": access.case.id})
+        ctx.record(actor, action, access.case.id,
+                   {"captures": len(by_capture), "objects": len(rows), "reason": body.reason})
+    return LegalHoldPublic(on=body.on, captures=len(by_capture), objects=len(rows))

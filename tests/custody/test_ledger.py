@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -39,6 +40,7 @@ from evidence import (
     ConfigurationError,
     CustodyAction,
     CustodyEntry,
+    EvidenceError,
     LedgerCorrupt,
     TimestampInvalid,
     TimestampRecord,
@@ -664,3 +666,44 @@ def test_proofs_from_a_tampered_database_do_not_match_the_checkpoint(db: Databas
     # The fresh path relabelled with the signed root: the path does not lead there.
     with pytest.raises(LedgerCorrupt, match=r"^entry 5: inclusion proof for leaf 4 in a tree of size 37: the path"):
         verify_inclusion_proof(rewritten, replace(fresh, root=checkpoint.root_hash), checkpoint)
+
+
+def test_threads_sharing_a_ledger_commit_together_and_lose_nothing(ledger: Ledger) -> None:
+    """The service appends from many request threads through one ledger: batched commits keep every entry, in
+    one chain, each caller told its own entry."""
+    returned: list[CustodyEntry] = []
+    lock = threading.Lock()
+
+    def writer(number: int) -> None:
+        for k in range(40):
+            entry = ledger.append(f"writer {number}", CustodyAction.VIEWED, f"case-{number}", {"k": k})
+            with lock:
+                returned.append(entry)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(e.seq for e in returned) == list(range(1, 241))
+    stored = {e.seq: e for e in ledger.entries()}
+    assert all(stored[e.seq] == e for e in returned)
+    for number in range(6):
+        mine = [e.details["k"] for e in ledger.entries(subject=f"case-{number}")]
+        assert mine == list(range(40)), "a writer's entries keep their order"
+    size, _root = ledger.verify()
+    assert size == 240
+
+
+def test_a_failed_batch_fails_each_of_its_callers(db: Database, ledger: Ledger) -> None:
+    ledger.append("a", CustodyAction.VIEWED, "x", {})
+    if db.kind == "postgresql":
+        db.execute("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ "
+                   "LANGUAGE plpgsql")
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON custody_entries FOR EACH ROW EXECUTE FUNCTION refuse()")
+    else:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON custody_entries BEGIN SELECT RAISE(ABORT, 'refused'); "
+                   "END")
+    with pytest.raises((DBAPIError, EvidenceError)):
+        ledger.append("b", CustodyAction.VIEWED, "x", {})
+    assert ledger.size() == 1
