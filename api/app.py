@@ -42,7 +42,7 @@ def create_app(settings: Settings, *, secret: str) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await run_in_threadpool(Context.open, settings, secret=secret)
         await run_in_threadpool(upgrade, ctx.engine)
-        await run_in_threadpool(index_registered, ctx.engine, settings.registry_dir)
+        await run_in_threadpool(index_registered, ctx.engine, settings.registry_dir, ctx.services.ledger)
         await run_in_threadpool(reconcile_local, ctx.engine, ctx.services, settings)
         app.state.context = ctx
         reaper = asyncio.create_task(_reap(ctx))

@@ -52,6 +52,7 @@ class Context:
     @classmethod
     def open(cls, settings: Settings, *, secret: str) -> Context:
         services = Services(settings)
+        services.background_checkpoints = True  # a request never waits for a checkpoint's signature and upload
         engine = create_engine(services.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         return cls(settings=settings, services=services, engine=engine, secret=secret,
                    hash_lookups=RateLimiter(settings.hash_lookups_per_minute),

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Engine,
@@ -50,6 +51,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
@@ -111,6 +113,17 @@ CHECKPOINTS = Table(
     Column("signer", Text, nullable=False),
     Column("signature", Text, nullable=False),
     Column("timestamp", Text, nullable=True),
+)
+
+# The Merkle tree kept as its perfect subtrees (custody/merkle.py): written with each append, in the same
+# transaction, so roots and proofs of any size take O(log n) reads. It is derived from the entries: every
+# checkpoint checks the part it adds against them and against the last signed root, and `verify` checks all of it.
+TREE = Table(
+    "custody_tree",
+    _metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
 )
 
 META = Table(
@@ -303,6 +316,7 @@ def _check_text(value: str, what: str) -> str:
 
 
 _Item = tuple[str, CustodyAction, str, str]  # actor, action, subject, canonical details
+_Tail = tuple[int, str, tuple[tuple[tuple[int, int], bytes], ...]]  # size, last entry hash, the tree's frontier
 
 
 class _Waiting:
@@ -380,6 +394,7 @@ class Ledger:
         self._ready = False
         self._missing_guards: tuple[str, ...] = ()
         self._group = _GroupCommit(self._write_batch)
+        self._tail: _Tail | None = None
 
     @property
     def missing_guards(self) -> tuple[str, ...]:
@@ -437,6 +452,9 @@ class Ledger:
                         self._install_guards(conn, set())
                     elif self._check_guards:
                         self._missing_guards = self._missing(conn)
+                        if self._postgres:
+                            conn.exec_driver_sql(f"LOCK TABLE {ENTRIES.name} IN EXCLUSIVE MODE")
+                        self._build_tree(conn)
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise EvidenceError(f"the custody database {self._where} cannot be used: {exc.orig}; check "
                                 f"WZ_DATABASE_URL and that the database is running") from exc
@@ -549,16 +567,23 @@ class Ledger:
                 raise UsageError("a custody entry can join only a transaction on the ledger's own database")
             if self._postgres:
                 connection.exec_driver_sql(f"LOCK TABLE {ENTRIES.name} IN EXCLUSIVE MODE")
-            return self._append(connection, [(actor, action, subject, details_text)])[0]
+            return self._append(connection, [(actor, action, subject, details_text)])[0][0]
         return self._group.submit((actor, action, subject, details_text))
 
     def _write_batch(self, items: list[_Item]) -> list[CustodyEntry]:
+        known, self._tail = self._tail, None
         with self._transaction(write=True, lock=ENTRIES) as conn:
-            return self._append(conn, items)
+            written, tail = self._append(conn, items, known)
+        self._tail = tail  # committed: the next batch of this process starts from it unless another wrote since
+        return written
 
     @staticmethod
-    def _append(conn: Connection, items: list[_Item]) -> list[CustodyEntry]:
-        """Write entries after the last one, under the caller's write lock."""
+    def _append(conn: Connection, items: list[_Item], known: _Tail | None = None
+                ) -> tuple[list[CustodyEntry], _Tail]:
+        """Write entries after the last one, under the caller's write lock; returns them and the new tail.
+
+        `known` is the tail this process committed last (size, last entry hash, the tree's frontier): when no
+        one appended since, the frontier is not read again."""
         last = conn.execute(
             select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
         ).first()
@@ -580,7 +605,62 @@ class Ledger:
         # The guards check each row takes the next number and links to the last one (row triggers see the rows
         # this statement inserted before them).
         conn.execute(insert(ENTRIES), rows)
-        return written
+        first = written[0].seq - 1
+        if known is not None and known[0] == first and known[1] == written[0].prev_hash:
+            frontier = list(known[2])
+        else:
+            frontier = Ledger._frontier(conn, first)
+        made = merkle.extend(frontier, first, [entry_leaf_hash(e) for e in written])
+        try:
+            conn.execute(insert(TREE), [{"level": level, "idx": index, "hash": digest.hex()}
+                                        for (level, index), digest in made])
+        except sa_exc.IntegrityError as exc:
+            raise LedgerCorrupt(f"entry {first + 1}: the stored Merkle tree already holds a leaf there, so entries "
+                                "were removed from the ledger; nothing was appended. Run `wz custody verify`") from exc
+        return written, (written[-1].seq, written[-1].entry_hash, tuple(frontier))
+
+    # -- the stored tree --
+
+    @staticmethod
+    def _nodes(conn: Connection, wanted: Iterable[merkle.Node]) -> dict[merkle.Node, bytes]:
+        """The stored nodes asked for; raises LedgerCorrupt when one is missing."""
+        wanted = sorted(set(wanted))
+        found: dict[merkle.Node, bytes] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for row in conn.execute(select(TREE).where(tuple_(TREE.c.level, TREE.c.idx).in_(chunk))):
+                found[(int(row.level), int(row.idx))] = bytes.fromhex(row.hash)
+        missing = [node for node in wanted if node not in found]
+        if missing:
+            level, index = missing[0]
+            raise LedgerCorrupt(f"the ledger's stored Merkle tree lacks node {index} of level {level} (and "
+                                f"{len(missing) - 1} more); run `wz custody verify`")
+        return found
+
+    @staticmethod
+    def _frontier(conn: Connection, size: int) -> list[tuple[merkle.Node, bytes]]:
+        nodes = merkle.subtree_nodes(0, size) if size else []
+        stored = Ledger._nodes(conn, nodes)
+        return [(node, stored[node]) for node in nodes]
+
+    def _build_tree(self, conn: Connection) -> int:
+        """Store the tree nodes of entries that have none (a ledger from before the tree was kept, an import);
+        returns how many entries were added to the tree. The caller holds the write lock."""
+        have = int(conn.execute(select(func.count()).select_from(TREE).where(TREE.c.level == 0)).scalar_one())
+        size = int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one())
+        if have >= size:
+            return 0
+        frontier = self._frontier(conn, have)
+        added = have
+        while added < size:
+            rows = list(conn.execute(select(ENTRIES).where(ENTRIES.c.seq > added).order_by(ENTRIES.c.seq)
+                                     .limit(10_000)))
+            leaves = [entry_leaf_hash(_entry_from_row(row)) for row in rows]
+            made = merkle.extend(frontier, added, leaves)
+            conn.execute(insert(TREE), [{"level": level, "idx": index, "hash": digest.hex()}
+                                        for (level, index), digest in made])
+            added += len(leaves)
+        return size - have
 
     def entries(self, subject: str | None = None, *, start: int = 1, end: int | None = None) -> list[CustodyEntry]:
         """Entries with start <= seq <= end (end inclusive), optionally only those about `subject`, in seq order."""
@@ -636,7 +716,15 @@ class Ledger:
                 # so every checkpoint read here is covered by the entries read after it.
                 checkpoints = self._read_checkpoints(conn)
                 leaves = self._leaves(conn)
+                tree_problem: LedgerCorrupt | None = None
+                if self._check_guards:
+                    try:
+                        self._check_tree(conn, leaves)
+                    except LedgerCorrupt as exc:  # said after the entries and checkpoints: those name the change
+                        tree_problem = exc
             self._check_checkpoints(leaves, checkpoints, checkpoint_verifier)
+            if tree_problem is not None:
+                raise tree_problem
         except LedgerCorrupt as exc:
             # What was changed comes first; that the guards are gone too is said after it.
             self._refresh_guards()
@@ -647,6 +735,26 @@ class Ledger:
         self._refresh_guards()
         self._refuse_if_unguarded()
         return len(leaves), merkle.root(leaves)
+
+    def _check_tree(self, conn: Connection, leaves: list[bytes]) -> None:
+        """The stored tree is exactly the tree of the entries: every node, and nothing more."""
+        stored_count = int(conn.execute(select(func.count()).select_from(TREE)).scalar_one())
+        frontier: list[tuple[merkle.Node, bytes]] = []
+        made_count = 0
+        for start in range(0, len(leaves), 10_000):
+            made = merkle.extend(frontier, start, leaves[start:start + 10_000])
+            made_count += len(made)
+            try:
+                stored = self._nodes(conn, [node for node, _ in made])
+            except LedgerCorrupt as exc:
+                raise LedgerCorrupt(f"the stored Merkle tree does not match the entries: {exc}") from exc
+            for node, digest in made:
+                if stored[node] != digest:
+                    raise LedgerCorrupt(f"the stored Merkle tree differs from the entries at node {node[1]} of "
+                                        f"level {node[0]} (leaves {node[1] << node[0]} to "
+                                        f"{((node[1] + 1) << node[0]) - 1})")
+        if stored_count != made_count:
+            raise LedgerCorrupt(f"the stored Merkle tree holds {stored_count} nodes, the entries make {made_count}")
 
     @staticmethod
     def _read_checkpoints(conn: Connection) -> list[Checkpoint]:
@@ -696,6 +804,7 @@ class Ledger:
                 conn.execute(insert(ENTRIES), entries[start:start + 1000])
             if checkpoints:
                 conn.execute(insert(CHECKPOINTS), checkpoints)
+            self._build_tree(conn)
         copied, copied_root = self.verify()
         if (copied, copied_root) != (size, root):
             raise LedgerCorrupt(f"the imported ledger has {copied} entries and root {copied_root.hex()[:16]}…, not "
@@ -717,16 +826,40 @@ class Ledger:
         return self._leaves(conn, tree_size)
 
     def inclusion_proof(self, seq: int, tree_size: int | None = None) -> InclusionProof:
-        """Proof that entry `seq` is in the tree of `tree_size` entries (default: all of them now)."""
+        """Proof that entry `seq` is in the tree of `tree_size` entries (default: all of them now).
+
+        Made of O(log^2 n) stored nodes, never the whole log; the entry itself is read and checked against its
+        leaf in the tree."""
         with self._transaction(write=False) as conn:
+            size = int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one())
             if tree_size is None:
-                tree_size = int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one())
+                tree_size = size
+            if tree_size > size:
+                raise UsageError(f"the ledger has {size} entries, fewer than tree size {tree_size}")
             if not 1 <= seq <= tree_size:
                 raise UsageError(f"no entry {seq} in a tree of {tree_size} entries")
-            leaves = self._proof_leaves(conn, tree_size)
-        path = merkle.inclusion_proof(seq - 1, tree_size, leaves)
-        return InclusionProof(seq=seq, leaf_index=seq - 1, tree_size=tree_size, leaf_hash=leaves[seq - 1].hex(),
-                              root=merkle.root(leaves).hex(), path=tuple(p.hex() for p in path))
+            ranges = merkle.inclusion_ranges(seq - 1, tree_size)
+            wanted = {(0, seq - 1), *merkle.subtree_nodes(0, tree_size)}
+            for lo, hi in ranges:
+                wanted.update(merkle.subtree_nodes(lo, hi))
+            stored = self._nodes(conn, wanted)
+            row = conn.execute(select(ENTRIES).where(ENTRIES.c.seq == seq)).first()
+        if row is None:
+            raise LedgerCorrupt(f"entry {seq}: missing (the tree holds its leaf; the entry was removed)")
+        leaf = stored[(0, seq - 1)]
+        entry = _entry_from_row(row)
+        if compute_entry_hash(entry) != entry.entry_hash or entry_leaf_hash(entry) != leaf:
+            raise LedgerCorrupt(f"entry {seq}: its contents differ from what the tree holds for it")
+        path = [merkle.compose(lo, hi, stored) for lo, hi in ranges]
+        root = merkle.compose(0, tree_size, stored)
+        # Never hand out a proof that does not hold: a changed inner node of the stored tree shows here.
+        try:
+            merkle.verify_inclusion(leaf, seq - 1, tree_size, path, root)
+        except LedgerCorrupt as exc:
+            raise LedgerCorrupt(f"the stored Merkle tree gives no valid proof for entry {seq}: {exc}; run "
+                                "`wz custody verify`") from exc
+        return InclusionProof(seq=seq, leaf_index=seq - 1, tree_size=tree_size, leaf_hash=leaf.hex(),
+                              root=root.hex(), path=tuple(p.hex() for p in path))
 
     def inclusion_proofs(self, seqs: Iterable[int], tree_size: int) -> list[InclusionProof]:
         """Proofs of many entries in the tree of `tree_size` entries, reading the ledger once."""
@@ -739,14 +872,32 @@ class Ledger:
                                root=root, path=tuple(p.hex() for p in paths[seq - 1])) for seq in wanted]
 
     def consistency_proof(self, old_size: int, new_size: int) -> ConsistencyProof:
-        """Proof that the tree of `old_size` entries is a prefix of the tree of `new_size` entries."""
+        """Proof that the tree of `old_size` entries is a prefix of the tree of `new_size` entries (stored nodes,
+        O(log^2 n) of them)."""
         if not 0 <= old_size <= new_size:
             raise UsageError(f"no consistency proof from size {old_size} to {new_size}")
         with self._transaction(write=False) as conn:
-            leaves = self._proof_leaves(conn, new_size)
-        path = merkle.consistency_proof(old_size, new_size, leaves)
-        return ConsistencyProof(old_size=old_size, new_size=new_size, old_root=merkle.root(leaves[:old_size]).hex(),
-                                new_root=merkle.root(leaves).hex(), path=tuple(p.hex() for p in path))
+            size = int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one())
+            if new_size > size:
+                raise UsageError(f"the ledger has {size} entries, fewer than tree size {new_size}")
+            ranges = merkle.consistency_ranges(old_size, new_size)
+            wanted: set[merkle.Node] = set()
+            for lo, hi in [*ranges, (0, old_size), (0, new_size)]:
+                if hi > lo:
+                    wanted.update(merkle.subtree_nodes(lo, hi))
+            stored = self._nodes(conn, wanted)
+
+        def root(n: int) -> bytes:
+            return merkle.compose(0, n, stored) if n else merkle.EMPTY_ROOT
+
+        path = [merkle.compose(lo, hi, stored) for lo, hi in ranges]
+        try:
+            merkle.verify_consistency(old_size, new_size, root(old_size), root(new_size), path)
+        except LedgerCorrupt as exc:
+            raise LedgerCorrupt(f"the stored Merkle tree gives no valid consistency proof from {old_size} to "
+                                f"{new_size}: {exc}; run `wz custody verify`") from exc
+        return ConsistencyProof(old_size=old_size, new_size=new_size, old_root=root(old_size).hex(),
+                                new_root=root(new_size).hex(), path=tuple(p.hex() for p in path))
 
     # -- checkpoints --
 
@@ -761,17 +912,15 @@ class Ledger:
         """
         _check_text(signer_name, "signer name")
         with self._transaction(write=False) as conn:
-            existing = self._read_checkpoints(conn)
-            leaves = self._leaves(conn)
-        self._check_checkpoints(leaves, existing, None)
+            row = conn.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.tree_size.desc()).limit(1)).first()
+            latest = _checkpoint_from_row(row) if row is not None else None
+            size, root = self._checked_growth(conn, latest)
         self._refresh_guards()
         self._refuse_if_unguarded()
-        for cp in existing:
-            if cp.tree_size == len(leaves):
-                return cp
+        if latest is not None and latest.tree_size == size:
+            return latest
         at = parse_time(format_time(datetime.now(UTC)))
-        unsigned = Checkpoint(tree_size=len(leaves), root_hash=merkle.root(leaves).hex(), at=at, signer=signer_name,
-                              signature="")
+        unsigned = Checkpoint(tree_size=size, root_hash=root.hex(), at=at, signer=signer_name, signature="")
         body = checkpoint_body(unsigned)
         signature = base64.b64encode(sign(body)).decode("ascii")
         record = stamp(hashlib.sha256(body).digest()) if stamp is not None else None
@@ -788,6 +937,49 @@ class Ledger:
                                                     at=format_time(cp.at), signer=cp.signer,
                                                     signature=cp.signature, timestamp=stamp_json))
         return cp
+
+    def _checked_growth(self, conn: Connection, latest: Checkpoint | None) -> tuple[int, bytes]:
+        """The size and root to sign, checked since the last checkpoint: the stored tree still gives the last
+        signed root; every entry after it has its own hash, links to the one before and is the leaf the tree
+        holds; the root is recomputed from the last signed frontier and those leaves. Reads O(new + log n)."""
+        start = latest.tree_size if latest is not None else 0
+        frontier = self._frontier(conn, start)
+        if latest is not None:
+            kept = merkle.compose(0, start, dict(frontier)) if start else merkle.EMPTY_ROOT
+            if kept.hex() != latest.root_hash:
+                raise LedgerCorrupt(f"the stored Merkle tree no longer gives the root of the checkpoint at size "
+                                    f"{start}: it was changed; run `wz custody verify`")
+        prev_hash = GENESIS_PREV_HASH
+        if start:
+            last_signed = conn.execute(select(ENTRIES.c.entry_hash).where(ENTRIES.c.seq == start)).scalar()
+            if last_signed is None:
+                raise LedgerCorrupt(f"checkpoint at size {start}: entry {start} is gone (entries were removed)")
+            prev_hash = str(last_signed)
+        leaves: list[bytes] = []
+        for row in conn.execute(select(ENTRIES).where(ENTRIES.c.seq > start).order_by(ENTRIES.c.seq)):
+            expected = start + len(leaves) + 1
+            if row.seq != expected:
+                raise LedgerCorrupt(f"entry {expected}: missing (the next stored entry is {row.seq})")
+            entry = _entry_from_row(row)
+            if compute_entry_hash(entry) != entry.entry_hash:
+                raise LedgerCorrupt(f"entry {expected}: hash does not match its contents")
+            if entry.prev_hash != prev_hash:
+                raise LedgerCorrupt(f"entry {expected}: prev_hash does not link to entry {expected - 1}")
+            leaves.append(entry_leaf_hash(entry))
+            prev_hash = entry.entry_hash
+        size = start + len(leaves)
+        made = merkle.extend(frontier, start, leaves)
+        stored = self._nodes(conn, [node for node, _ in made])
+        for node, digest in made:
+            if stored[node] != digest:
+                raise LedgerCorrupt(f"the stored Merkle tree differs from the entries at node {node[1]} of level "
+                                    f"{node[0]}; run `wz custody verify`")
+        root = merkle.EMPTY_ROOT
+        if frontier:
+            root = frontier[-1][1]
+            for _node, left in reversed(frontier[:-1]):
+                root = merkle.node_hash(left, root)
+        return size, root
 
     def checkpoints(self) -> list[Checkpoint]:
         with self._transaction(write=False) as conn:

@@ -272,3 +272,94 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
         raise LedgerCorrupt(f"{where}: the proof rebuilds old root {_short(fr)}, not {_short(old_root)}")
     if sr != new_root:
         raise LedgerCorrupt(f"{where}: the proof rebuilds new root {_short(sr)}, not {_short(new_root)}")
+
+
+# -- the tree kept as perfect subtrees -------------------------------------------------------------------
+# A node (level, index) is the hash of the perfect subtree over leaves [index * 2**level, (index + 1) * 2**level).
+# A ledger stores each one once it is complete; every RFC 9162 hash over any prefix, and so every proof, is made
+# of O(log n) of them (O(log^2 n) for a whole path), so proofs never read the log.
+
+Node = tuple[int, int]  # (level, index)
+
+
+def subtree_nodes(lo: int, hi: int) -> list[Node]:
+    """The perfect subtrees whose hashes make MTH(D[lo:hi]), left to right, for a range the RFC 9162 split
+    produces (every range a root, path or consistency proof of a prefix needs)."""
+    if not 0 <= lo < hi:
+        raise UsageError(f"no subtree over leaves [{lo}, {hi})")
+    nodes: list[Node] = []
+    while True:
+        n = hi - lo
+        if _is_power_of_two(n):
+            level = n.bit_length() - 1
+            if lo % n:
+                raise UsageError(f"leaves [{lo}, {hi}) are not a subtree of the RFC 9162 tree")
+            nodes.append((level, lo >> level))
+            return nodes
+        k = _split(n)
+        nodes.extend(subtree_nodes(lo, lo + k))
+        lo += k
+
+
+def compose(lo: int, hi: int, stored: dict[Node, bytes]) -> bytes:
+    """MTH(D[lo:hi]) from the stored perfect subtrees (`subtree_nodes(lo, hi)` must all be in `stored`)."""
+    n = hi - lo
+    if _is_power_of_two(n):
+        level = n.bit_length() - 1
+        return stored[(level, lo >> level)]
+    k = _split(n)
+    return node_hash(compose(lo, lo + k, stored), compose(lo + k, hi, stored))
+
+
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose hashes are the audit path of leaf `index` in a tree of `size` leaves, leaf first."""
+    if not 0 <= index < size:
+        raise UsageError(f"no leaf {index} in a tree of size {size}")
+    ranges: list[tuple[int, int]] = []
+    lo, hi = 0, size
+    while hi - lo > 1:
+        k = _split(hi - lo)
+        if index < lo + k:
+            ranges.append((lo + k, hi))
+            hi = lo + k
+        else:
+            ranges.append((lo, lo + k))
+            lo = lo + k
+    ranges.reverse()
+    return ranges
+
+
+def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose hashes are RFC 9162 PROOF(old_size, D[new_size]), in proof order."""
+    if not 0 <= old_size <= new_size:
+        raise UsageError(f"no consistency proof from size {old_size} to {new_size}")
+    if old_size in (0, new_size):
+        return []
+
+    def sub(m: int, lo: int, hi: int, complete: bool) -> list[tuple[int, int]]:
+        n = hi - lo
+        if m == n:
+            return [] if complete else [(lo, hi)]
+        k = _split(n)
+        if m <= k:
+            return [*sub(m, lo, lo + k, complete), (lo + k, hi)]
+        return [*sub(m - k, lo + k, hi, False), (lo, lo + k)]
+
+    return sub(old_size, 0, new_size, True)
+
+
+def extend(frontier: list[tuple[Node, bytes]], size: int, leaves: Iterable[bytes]) -> list[tuple[Node, bytes]]:
+    """Append leaves to a tree of `size` leaves whose `frontier` (its perfect subtrees, `subtree_nodes(0, size)`
+    with their hashes, left to right) is given; returns every node completed, leaves included, in order. The
+    frontier list is updated in place."""
+    made: list[tuple[Node, bytes]] = []
+    for leaf in leaves:
+        node: tuple[Node, bytes] = ((0, size), leaf)
+        made.append(node)
+        size += 1
+        while frontier and frontier[-1][0][0] == node[0][0]:
+            (level, index), left = frontier.pop()
+            node = ((level + 1, index >> 1), node_hash(left, node[1]))
+            made.append(node)
+        frontier.append(node)
+    return made

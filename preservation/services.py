@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import getpass
+import logging
 import secrets
 import threading
 from collections.abc import Iterator
@@ -51,6 +52,8 @@ from storage.s3 import ObjectStore, store_from_settings
 from storage.spool import Spool, SpoolItem
 
 CUSTODY_LOG_BATCH = "custody-log"  # the spool batch of checkpoint documents (not a capture)
+log = logging.getLogger(__name__)
+
 CHECKPOINT_EVERY_ENTRIES = 32
 CHECKPOINT_EVERY_SECONDS = 600.0
 
@@ -100,6 +103,11 @@ class Services:
         self._latest: Checkpoint | None = None
         self._deferred = 0
         self._checkpointing = threading.RLock()
+        # A long-running service (API, worker) sets this: due checkpoints are then made on a background thread.
+        self.background_checkpoints = False
+        self._background: threading.Thread | None = None
+        self._background_again = False
+        self._background_lock = threading.Lock()
         self.timestamper = HttpTimestamper(self._tsa_endpoints(), timeout=settings.tsa_timeout_seconds)
 
     def _tsa_endpoints(self) -> list[TsaEntry]:
@@ -169,15 +177,50 @@ class Services:
         return self.ledger.append(actor, action, subject, details, connection=connection)
 
     def after_commit(self, entry: CustodyEntry) -> None:
-        """Checkpoint if an entry appended in a caller's transaction made one due."""
+        """Checkpoint if an entry made one due: here, or (a long-running service) on a background thread, so a
+        request never waits for a signature, a timestamp and a WORM upload."""
         if self._deferred:
             return
+        latest = self._latest_checkpoint()
+        covered = latest.tree_size if latest is not None else 0
+        age = (entry.at - latest.at).total_seconds() if latest is not None else 0.0
+        if entry.seq - covered < CHECKPOINT_EVERY_ENTRIES and age < CHECKPOINT_EVERY_SECONDS:
+            return
+        if self.background_checkpoints:
+            self._checkpoint_soon()
+            return
         with self._checkpointing:
-            latest = self._latest_checkpoint()
-            covered = latest.tree_size if latest is not None else 0
-            age = (entry.at - latest.at).total_seconds() if latest is not None else 0.0
-            if entry.seq - covered >= CHECKPOINT_EVERY_ENTRIES or age >= CHECKPOINT_EVERY_SECONDS:
+            if self._latest_checkpoint() is latest:  # another thread may have just made it
                 self.checkpoint()
+
+    def _checkpoint_soon(self) -> None:
+        with self._background_lock:
+            if self._background is not None:
+                self._background_again = True
+                return
+            self._background = threading.Thread(target=self._checkpoint_in_background, name="custody-checkpoint",
+                                                daemon=True)
+            self._background.start()
+
+    def _checkpoint_in_background(self) -> None:
+        while True:
+            try:
+                with self._checkpointing:
+                    self.checkpoint()
+            except Exception:  # the next due entry tries again; the ledger itself is already committed
+                log.exception("background custody checkpoint failed")
+            with self._background_lock:
+                if not self._background_again:
+                    self._background = None
+                    return
+                self._background_again = False
+
+    def wait_for_checkpoints(self) -> None:
+        """Let a background checkpoint finish (before the process ends)."""
+        with self._background_lock:
+            running = self._background
+        if running is not None:
+            running.join()
 
     @contextlib.contextmanager
     def one_checkpoint(self) -> Iterator[None]:
@@ -346,6 +389,7 @@ class Services:
         return certificate.public_bytes(Encoding.PEM)
 
     def close(self) -> None:
+        self.wait_for_checkpoints()
         if self.local_tsa is not None:
             self.local_tsa.stop()
         self.ledger.close()

@@ -95,7 +95,7 @@ def finish_from_directory(engine: Engine, services: Services, capture_id: str, d
             return None
         set_state(conn, capture_id, state, reason, summary=summary, record=record.model_dump(mode="json"),
                   manifest_sha256=record.manifest.sha256, directory=str(directory), ended_at=manifest.ended_at)
-    index_capture(engine, directory)
+    index_capture(engine, directory, services.ledger)
     if before.state != state:
         services.record(CustodyAction.CAPTURE_ENDED, capture_id,
                         {"state": state, "reason": reason[:1000], "manifest_sha256": record.manifest.sha256,

@@ -159,6 +159,7 @@ evidence_files = Table(
     Column("bucket", String(63)),
     Column("object_key", Text),
     Column("version_id", Text),
+    Column("custody_seq", Integer),  # the custody entry that registered it (stored, or hashed for the manifest)
     UniqueConstraint("capture_id", "path", name="evidence_files_file"),
     Index("evidence_files_sha256", "sha256"),
     Index("evidence_files_sm3", "sm3"),

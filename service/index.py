@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from evidence import EvidenceError, Manifest, PreservationRecord
+from custody.ledger import Ledger
+from evidence import CustodyAction, EvidenceError, Manifest, PreservationRecord
 from evidence.layout import (
     MANIFEST,
     SIGNATURE,
@@ -58,17 +59,35 @@ def file_rows(capture_dir: Path, manifest: Manifest, record: PreservationRecord)
     return rows
 
 
-def index_capture(engine: Engine, capture_dir: Path) -> int:
-    """Add (or complete with their object versions) a preserved capture's files; returns rows added or updated."""
+def registering_entries(ledger: Ledger, capture_id: str) -> dict[str, int]:
+    """The custody entry that registered each file of a capture: `stored` (by object key) and, for the manifest,
+    `hashed`. The hash check proves these, so it never scans the log to find them."""
+    found: dict[str, int] = {}
+    prefix = object_key(capture_id, "")
+    for entry in ledger.entries(subject=capture_id):
+        if entry.action == CustodyAction.HASHED and MANIFEST not in found:
+            found[MANIFEST] = entry.seq
+        elif entry.action == CustodyAction.STORED and isinstance(entry.details.get("key"), str):
+            found.setdefault(str(entry.details["key"]).removeprefix(prefix), entry.seq)
+    return found
+
+
+def index_capture(engine: Engine, capture_dir: Path, ledger: Ledger | None = None) -> int:
+    """Add (or complete with their object versions and registering entries) a preserved capture's files;
+    returns rows added or updated."""
     if not has_manifest(capture_dir) or not has_preservation(capture_dir):
         return 0
     manifest = load_manifest(capture_dir)
     record = load_preservation(capture_dir)
     rows = file_rows(capture_dir, manifest, record)
+    seqs = registering_entries(ledger, manifest.capture_id) if ledger is not None else {}
+    for row in rows:
+        row["custody_seq"] = seqs.get(row["path"])
     changed = 0
     with engine.begin() as conn:
         present = {row.path: row for row in conn.execute(
-            select(evidence_files.c.path, evidence_files.c.version_id, evidence_files.c.sha256)
+            select(evidence_files.c.path, evidence_files.c.version_id, evidence_files.c.sha256,
+                   evidence_files.c.custody_seq)
             .where(evidence_files.c.capture_id == manifest.capture_id))}
         new = [row for row in rows if row["path"] not in present]
         for start in range(0, len(new), 1000):
@@ -76,23 +95,26 @@ def index_capture(engine: Engine, capture_dir: Path) -> int:
         changed += len(new)
         for row in rows:
             known_row = present.get(row["path"])
-            if known_row is None or known_row.version_id is not None or row["version_id"] is None:
-                continue
-            if known_row.sha256 != row["sha256"]:
+            if known_row is None or known_row.sha256 != row["sha256"]:
                 continue  # an index row never changes its digest; `wz verify` reports such a capture
-            conn.execute(update(evidence_files).where(evidence_files.c.capture_id == manifest.capture_id,
-                                                      evidence_files.c.path == row["path"])
-                         .values(bucket=row["bucket"], object_key=row["object_key"], version_id=row["version_id"]))
-            changed += 1
+            values: dict[str, Any] = {}
+            if known_row.version_id is None and row["version_id"] is not None:
+                values.update(bucket=row["bucket"], object_key=row["object_key"], version_id=row["version_id"])
+            if known_row.custody_seq is None and row["custody_seq"] is not None:
+                values["custody_seq"] = row["custody_seq"]
+            if values:
+                conn.execute(update(evidence_files).where(evidence_files.c.capture_id == manifest.capture_id,
+                                                          evidence_files.c.path == row["path"]).values(**values))
+                changed += 1
     return changed
 
 
-def index_registered(engine: Engine, registry_dir: Path) -> int:
+def index_registered(engine: Engine, registry_dir: Path, ledger: Ledger | None = None) -> int:
     """Every capture this node registered (the CLI's and the workers'), idempotently."""
     changed = 0
     for _capture_id, directory in known(registry_dir):
         try:
-            changed += index_capture(engine, directory)
+            changed += index_capture(engine, directory, ledger)
         except (EvidenceError, OSError, ValueError):
             continue  # an unreadable capture is reported by `wz verify`, not by the index
     return changed

@@ -101,6 +101,7 @@ class Worker:
         self.host = host
         self.say = say or log.info
         self.services = Services(settings)
+        self.services.background_checkpoints = True
         self.engine = create_engine(self.services.database_url, pool_pre_ping=True, pool_size=5, max_overflow=5)
         self.queue = worker_app(self.services.database_url)
         self.running: dict[str, Running] = {}

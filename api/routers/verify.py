@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +29,7 @@ from api.models import (
 )
 from api.security import Principal
 from evidence import CustodyAction, EvidenceError, IntegrityError, TimestampStatus
-from evidence.layout import has_preservation, load_preservation
+from evidence.layout import MANIFEST, PRESERVATION, load_preservation
 from preservation.record import object_key
 from preservation.registry import locate
 from preservation.verify import VerificationReport, verify_package
@@ -72,30 +72,46 @@ def verify_hash(body: HashQuery, request: Request, ctx: ContextDep,
                       checkpoint_tree_size=checkpoint.tree_size if checkpoint else None, note=note)
 
 
-def _match(ctx: ContextDep, row: object, tree_size: int | None) -> HashMatch:
-    capture_id = str(row.capture_id)  # type: ignore[attr-defined]
-    path = str(row.path)  # type: ignore[attr-defined]
-    stamps: list[TimestampPublic] = []
-    proof = None
+def _timestamps(ctx: ContextDep, capture_id: str) -> list[TimestampPublic]:
+    """The granted manifest timestamps of a capture on this node, read again only when its record changes."""
     try:
         directory = locate(ctx.settings.registry_dir, capture_id)
-    except EvidenceError:  # a capture whose directory moved still answers by its index row
-        directory = None
-    if directory is not None and has_preservation(directory):
-        record = load_preservation(directory)
-        stamps = [TimestampPublic(tsa=t.tsa_name or ("local TSA" if t.local_tsa else "TSA"), local_tsa=t.local_tsa,
-                                  time=t.gen_time, serial=t.serial_number)
-                  for t in record.timestamps if t.status == TimestampStatus.GRANTED]
+        changed = (directory / PRESERVATION).stat().st_mtime_ns
+    except (EvidenceError, OSError):  # a capture whose directory moved still answers by its index row
+        return []
+    cache: dict[str, tuple[int, list[TimestampPublic]]] = ctx.extra.setdefault("timestamps", {})
+    cached = cache.get(capture_id)
+    if cached is not None and cached[0] == changed:
+        return cached[1]
+    record = load_preservation(directory)
+    stamps = [TimestampPublic(tsa=t.tsa_name or ("local TSA" if t.local_tsa else "TSA"), local_tsa=t.local_tsa,
+                              time=t.gen_time, serial=t.serial_number)
+              for t in record.timestamps if t.status == TimestampStatus.GRANTED]
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[capture_id] = (changed, stamps)
+    return stamps
+
+
+def _registering_seq(ctx: ContextDep, capture_id: str, path: str, tree_size: int) -> int | None:
+    """A file indexed before its registering entry was known: find it in the capture's entries."""
+    key = object_key(capture_id, path)
+    for entry in ctx.services.ledger.entries(subject=capture_id, end=tree_size):
+        if (path == MANIFEST and entry.action == CustodyAction.HASHED) or \
+                (entry.action == CustodyAction.STORED and entry.details.get("key") == key):
+            return entry.seq
+    return None
+
+
+def _match(ctx: ContextDep, row: Any, tree_size: int | None) -> HashMatch:
+    capture_id, path = str(row.capture_id), str(row.path)
+    proof = None
     if tree_size is not None:
-        key = object_key(capture_id, path)
-        for entry in ctx.services.ledger.entries(subject=capture_id, end=tree_size):
-            if (path == "manifest.json" and entry.action == CustodyAction.HASHED) or \
-                    (entry.action == CustodyAction.STORED and entry.details.get("key") == key):
-                proof = InclusionProofPublic.model_validate(
-                    ctx.services.ledger.inclusion_proof(entry.seq, tree_size).to_json())
-                break
-    return HashMatch(capture_id=capture_id, role=str(row.role), acquired_at=row.acquired_at,  # type: ignore[attr-defined]
-                     timestamps=stamps, custody_proof=proof)
+        seq = row.custody_seq if row.custody_seq is not None else _registering_seq(ctx, capture_id, path, tree_size)
+        if seq is not None and seq <= tree_size:
+            proof = InclusionProofPublic.model_validate(ctx.services.ledger.inclusion_proof(seq, tree_size).to_json())
+    return HashMatch(capture_id=capture_id, role=str(row.role), acquired_at=row.acquired_at,
+                     timestamps=_timestamps(ctx, capture_id), custody_proof=proof)
 
 
 @router.post("/verify/package", response_model=PackageReport, summary="Verify an exported package (the zip as "

@@ -460,10 +460,56 @@ def test_tampering_is_caught(db: Database, ledger: Ledger, tamper: Callable[[Dat
     tamper(db)
     with pytest.raises(LedgerCorrupt, match="^" + re.escape(message)):
         ledger.verify(signer.verify)
-    # Nor will the ledger sign over it, nor prove from it.
-    with pytest.raises(LedgerCorrupt, match="^" + re.escape(message)):
+    # Nor will the ledger sign while its guards are gone (a checkpoint checks what was added since the last one
+    # and the stored tree against the last signed root; `verify` names what was changed).
+    with pytest.raises(LedgerCorrupt):
         ledger.checkpoint("node", signer.sign)
     assert signer.calls == 1
+
+
+@pytest.mark.parametrize(("tamper", "message"), TAMPERING[:8], ids=[t.__name__ for t, _ in TAMPERING[:8]])
+def test_a_tampered_entry_is_never_proved_nor_signed_over(db: Database, ledger: Ledger,
+                                                         tamper: Callable[[Database], None], message: str) -> None:
+    signer = Signer()
+    fill(ledger, 12)
+    first = ledger.checkpoint("node", signer.sign)
+    db.drop_guards()
+    tamper(db)
+    ledger.restore_guards()  # the guards put back on purpose: what was changed is still caught
+    with pytest.raises((LedgerCorrupt, UsageError)):  # UsageError: fewer entries than the proof's tree
+        for seq in range(1, 13):
+            ledger.inclusion_proof(seq, 12)
+    try:
+        ledger.append("after", CustodyAction.VIEWED, "x", {})
+        later = ledger.checkpoint("node", signer.sign)
+    except LedgerCorrupt:
+        return
+    # If it signs, it signs the tree that was first signed, grown by the new entry, never the changed entries.
+    proof = ledger.consistency_proof(first.tree_size, later.tree_size)
+    assert proof.old_root == first.root_hash
+    with pytest.raises(LedgerCorrupt):
+        ledger.verify(signer.verify)
+
+
+def test_a_changed_stored_tree_is_refused(db: Database, ledger: Ledger) -> None:
+    signer = Signer()
+    fill(ledger, 12)
+    first = ledger.checkpoint("node", signer.sign)
+    # An inner node (leaves 4-7): proofs through it are refused, and verify names it.
+    db.execute("UPDATE custody_tree SET hash = :h WHERE level = 2 AND idx = 1", {"h": "ab" * 32})
+    with pytest.raises(LedgerCorrupt, match="stored Merkle tree"):
+        ledger.verify(signer.verify)
+    with pytest.raises(LedgerCorrupt, match="no valid proof"):
+        ledger.inclusion_proof(1, 12)
+    with pytest.raises(LedgerCorrupt, match="no valid consistency proof"):
+        ledger.consistency_proof(4, 12)
+    ledger.inclusion_proof(10, 12)  # a path that does not pass through it still holds
+    # A node of the signed frontier (leaves 0-7): nothing more is signed.
+    db.execute("UPDATE custody_tree SET hash = :h WHERE level = 3 AND idx = 0", {"h": "cd" * 32})
+    ledger.append("after", CustodyAction.VIEWED, "x", {})
+    with pytest.raises(LedgerCorrupt, match="no longer gives the root"):
+        ledger.checkpoint("node", signer.sign)
+    assert signer.calls == 1 and ledger.latest_checkpoint() == first
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------------------
@@ -655,7 +701,13 @@ def test_proofs_from_a_tampered_database_do_not_match_the_checkpoint(db: Databas
             db.execute("UPDATE custody_entries SET details = :details, prev_hash = :prev_hash, "
                        "entry_hash = :entry_hash WHERE seq = :seq", row)
         (rewritten,) = ledger.entries(start=5, end=5)
-        fresh = ledger.inclusion_proof(5, 37)
+        # The stored tree still holds the signed leaves: no proof is served for the rewritten entry.
+        with pytest.raises(LedgerCorrupt, match=r"^entry 5: its contents differ from what the tree holds"):
+            ledger.inclusion_proof(5, 37)
+    # Whoever also rewrites the stored tree (dropped, rebuilt from the entries when next opened)...
+    db.execute("DELETE FROM custody_tree")
+    with Ledger(db.url) as reopened:
+        fresh = reopened.inclusion_proof(5, 37)
     # A proof served from the rewritten database is for another tree than the signed one.
     assert fresh.root != checkpoint.root_hash
     with pytest.raises(LedgerCorrupt, match=r"^entry 5: the proof is for tree size 37 root"):

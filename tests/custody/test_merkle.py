@@ -289,3 +289,28 @@ def test_many_proofs_from_one_built_tree_are_the_rfc_paths() -> None:
         for index in range(size):
             assert paths[index] == merkle.inclusion_proof(index, size, leaves), (size, index)
         assert merkle.levels(leaves)[-1] == [merkle.root(leaves)]
+
+
+def test_stored_perfect_subtrees_give_every_root_and_proof() -> None:
+    """What a ledger keeps (each perfect subtree once) answers every root, audit path and consistency proof of
+    every prefix exactly as the tree built from all leaves does."""
+    import os
+
+    leaves = [merkle.leaf_hash(os.urandom(8)) for _ in range(130)]
+    stored = dict(merkle.extend([], 0, leaves))
+    assert len(stored) < 2 * len(leaves)
+    for size in range(1, len(leaves) + 1):
+        assert merkle.compose(0, size, stored) == merkle.root(leaves[:size])
+        assert len(merkle.subtree_nodes(0, size)) == bin(size).count("1")
+        for index in {0, size // 3, size - 1}:
+            path = [merkle.compose(lo, hi, stored) for lo, hi in merkle.inclusion_ranges(index, size)]
+            assert path == merkle.inclusion_proof(index, size, leaves)
+        for old in range(size + 1):
+            proof = [merkle.compose(lo, hi, stored) for lo, hi in merkle.consistency_ranges(old, size)]
+            assert proof == merkle.consistency_proof(old, size, leaves)
+    # Growing from a frontier part-way gives the same nodes as building from the start.
+    frontier = [(node, stored[node]) for node in merkle.subtree_nodes(0, 77)]
+    assert dict(merkle.extend(frontier, 77, leaves[77:])) == {k: v for k, v in stored.items()
+                                                              if (k[1] + 1) << k[0] > 77}
+    with pytest.raises(UsageError):
+        merkle.subtree_nodes(3, 7)  # not a range of the RFC 9162 split

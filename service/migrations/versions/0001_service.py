@@ -142,6 +142,7 @@ def upgrade() -> None:
         sa.Column("bucket", sa.String(63)),
         sa.Column("object_key", sa.Text),
         sa.Column("version_id", sa.Text),
+        sa.Column("custody_seq", sa.Integer),
         sa.UniqueConstraint("capture_id", "path", name="evidence_files_file"),
     )
     op.create_index("evidence_files_sha256", "evidence_files", ["sha256"])

@@ -1,0 +1,369 @@
+"""The custody service's figures, on PostgreSQL: custody appends, proof latency, hash lookups, downloads.
+
+- appends: 4 writers appending to the ledger, each append committed before it returns; as 4 threads of one
+  process sharing its ledger (the service's request threads) and as 4 processes (the service and workers).
+- proofs: inclusion and consistency proof latency on a ledger of --entries entries.
+- hash lookups: p50 / p99 of POST /api/v1/verify/hash from 50 concurrent clients on loopback (`wz serve`).
+- downloads: a --size-mib artifact through GET /api/v1/captures/{id}/artifacts/... against a direct GET of the
+  same object version from the store, and the service's RSS before and after.
+
+Prints a Markdown table; targets from the issue are beside each figure. Needs PostgreSQL at --postgres (default:
+the machine's server, database `test`); makes and drops its own database there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+POSTGRES = os.environ.get("WZ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PASSWORD = "bench password 1"  # noqa: S105 - the bench user's password
+
+
+def fresh_database(server: str) -> tuple[str, Any]:
+    from sqlalchemy import create_engine, make_url
+
+    name = f"wz_bench_{secrets.token_hex(5)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return make_url(server).set(database=name).render_as_string(hide_password=False), drop
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+# -- appends ---------------------------------------------------------------------------------------------
+
+def _append_process(url: str, count: int, name: str, out: Any) -> None:
+    from custody.ledger import Ledger
+    from evidence import CustodyAction
+
+    latencies = []
+    with Ledger(url) as ledger:
+        ledger.size()
+        for k in range(count):
+            started = time.perf_counter()
+            ledger.append(name, CustodyAction.VIEWED, f"bench-{name}", {"k": k})
+            latencies.append(time.perf_counter() - started)
+    out.put(latencies)
+
+
+def bench_appends(url: str, count: int) -> dict[str, Any]:
+    from custody.ledger import Ledger
+    from evidence import CustodyAction
+
+    shared = Ledger(url)
+    shared.size()
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def writer(number: int) -> None:
+        mine = []
+        for k in range(count):
+            started = time.perf_counter()
+            shared.append(f"thread {number}", CustodyAction.VIEWED, f"bench-{number}", {"k": k})
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    threaded = 4 * count / (time.perf_counter() - started)
+    shared.close()
+
+    context = multiprocessing.get_context("spawn")
+    results: Any = context.Queue()
+    processes = [context.Process(target=_append_process, args=(url, count, f"process {n}", results))
+                 for n in range(4)]
+    started = time.perf_counter()
+    for process in processes:
+        process.start()
+    process_latencies: list[float] = []
+    for _ in processes:
+        process_latencies.extend(results.get())
+    for process in processes:
+        process.join()
+    processes_rate = 4 * count / (time.perf_counter() - started)
+    single = Ledger(url)
+    alone = []
+    for k in range(300):
+        begun = time.perf_counter()
+        single.append("alone", CustodyAction.VIEWED, "bench-alone", {"k": k})
+        alone.append(time.perf_counter() - begun)
+    single.close()
+    return {"threads_per_s": threaded, "threads_p50_ms": percentile(latencies, 0.5) * 1000,
+            "threads_p99_ms": percentile(latencies, 0.99) * 1000, "processes_per_s": processes_rate,
+            "processes_p99_ms": percentile(process_latencies, 0.99) * 1000,
+            "single_p50_ms": percentile(alone, 0.5) * 1000, "single_p99_ms": percentile(alone, 0.99) * 1000}
+
+
+# -- proofs ----------------------------------------------------------------------------------------------
+
+def bench_proofs(url: str, entries: int) -> dict[str, Any]:
+    from custody.ledger import Ledger
+    from evidence import CustodyAction
+    from evidence.canonical import canonical_json
+
+    ledger = Ledger(url)
+    have = ledger.size()
+    fill_started = time.perf_counter()
+    while have < entries:  # filled in large transactions through the ledger's own writer (guards on)
+        batch = min(5000, entries - have)
+        items = [("bench", CustodyAction.VIEWED, f"bench-{(have + k) % 97}",
+                  canonical_json({"k": have + k}).decode()) for k in range(batch)]
+        ledger._write_batch(items)  # bulk fill only: appends go one by one everywhere else
+        have += batch
+    fill = time.perf_counter() - fill_started
+    size = ledger.size()
+    inclusion, consistency = [], []
+    for k in range(5):
+        seq = 1 + (k * 7919) % size
+        started = time.perf_counter()
+        ledger.inclusion_proof(seq, size)
+        inclusion.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        ledger.consistency_proof(max(1, size // (k + 2)), size)
+        consistency.append(time.perf_counter() - started)
+    ledger.close()
+    return {"entries": size, "fill_seconds": fill, "inclusion_ms": statistics.median(inclusion) * 1000,
+            "consistency_ms": statistics.median(consistency) * 1000}
+
+
+# -- the running service -----------------------------------------------------------------------------------
+
+def make_capture(directory: Path, size_mib: int) -> str:
+    from capture.assemble import build_manifest
+    from capture.layout import build_layout
+    from evidence import CaptureStatus, ClockCheck, Provenance, TileResult, TileStatus
+    from evidence.layout import write_manifest
+
+    capture_id = f"wz-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    directory.mkdir(parents=True)
+    with (directory / "composite.mp4").open("wb") as sink:
+        for _ in range(size_mib):
+            sink.write(os.urandom(1 << 20))
+    url = "https://shop.example/item"
+    now = datetime.now(UTC)
+    provenance = Provenance(
+        tool="wangzheng", tool_version="bench", git_commit=None, python="3", components={}, os="bench",
+        kernel="bench", hostname="bench", ip_addresses=(), user_agent=None, launch_flags=(), options={},
+        operator="bench", case_id=None, proxy={}, etc_hosts_sha256=None, resolv_conf=None, dns={},
+        clock=ClockCheck(server="none", checked_at=now, error="unavailable: bench"), timezone="UTC",
+        browser_profile="none")
+    manifest = build_manifest(directory, capture_id=capture_id, status=CaptureStatus.COMPLETE, reason="",
+                              started_at=now, ended_at=now, requested_duration=None, recorded_seconds=0.0,
+                              provenance=provenance, layout=build_layout([url]),
+                              tiles=(TileResult(tile=1, url=url, status=TileStatus.COMPLETE),), steps=())
+    write_manifest(directory, manifest)
+    return capture_id
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def bench_service(url: str, work: Path, size_mib: int, clients: int, lookups: int) -> dict[str, Any]:
+    import httpx
+    from minio import Minio
+    from sqlalchemy import create_engine, insert, select
+
+    from evidence import Settings
+    from preservation.preserve import Preserver
+    from preservation.registry import register
+    from preservation.services import Services
+    from service.captures import finish_from_directory
+    from service.db import captures, case_members, cases, users
+    from service.schema import upgrade
+    from storage.seaweed import EmbeddedSeaweed
+
+    data = work / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WZ_")} | {
+        "WZ_DATA_DIR": str(data), "WZ_DATABASE_URL": url, "WZ_EMBEDDED_S3_PORT": "21333",
+        "WZ_HASH_LOOKUPS_PER_MINUTE": "100000000", "WZ_NTP_TIMEOUT_SECONDS": "1", "WZ_ACTOR": "bench",
+        "WZ_RETENTION_DAYS": "1"}
+    settings = Settings(data_dir=data, database_url=url, embedded_s3_port=21333, actor="bench", retention_days=1)
+    directory = settings.captures_dir / "bench"
+    capture_id = make_capture(directory, size_mib)
+    register(settings.registry_dir, capture_id, directory)
+    engine = create_engine(url)
+    upgrade(engine)
+    with Services(settings) as services:
+        record = Preserver(services).preserve(directory)
+        wz = [sys.executable, "-m", "cli.main"]
+        subprocess.run([*wz, "users", "add", "bench", "--role", "investigator", "--password-stdin"], env=env,
+                       cwd=REPO, input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            user = conn.execute(select(users.c.id).where(users.c.name == "bench")).scalar_one()
+            conn.execute(insert(cases).values(id="C-20261130-bbbbbb", title="bench", description="", reference="",
+                                              state="opened", legal_hold=False, created_by=user, created_at=now,
+                                              updated_at=now))
+            conn.execute(insert(case_members).values(case_id="C-20261130-bbbbbb", user_id=user, role="investigator",
+                                                     added_by=user, added_at=now))
+            conn.execute(insert(captures).values(id=capture_id, case_id="C-20261130-bbbbbb", requested_by=user,
+                                                 state="preserving", request={"urls": []}, tiles=1,
+                                                 created_at=now))
+        finish_from_directory(engine, services, capture_id, directory)
+        store = services.store()
+        composite = next(s for s in record.stored if s.key.endswith("/composite.mp4"))
+        endpoint = EmbeddedSeaweed(settings.services_dir / "seaweedfs", s3_port=21333).ensure_running()
+    engine.dispose()
+
+    port = 28080
+    log = (work / "serve.log").open("wb")
+    server = subprocess.Popen([*wz, "serve", "--no-worker", "--port", str(port)], env=env, cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/log/checkpoint", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        token = httpx.post(base + "/auth/token", data={"username": "bench", "password": PASSWORD}).json()
+        headers = {"Authorization": f"Bearer {token['access_token']}"}
+        digest = record.manifest.sha256
+
+        def lookup(_: int) -> list[float]:
+            with httpx.Client(base_url=base, timeout=60) as client:
+                took = []
+                for _k in range(lookups):
+                    started = time.perf_counter()
+                    answer = client.post("/verify/hash", json={"sha256": digest})
+                    took.append(time.perf_counter() - started)
+                    assert answer.status_code == 200 and answer.json()["registered"], answer.text
+                return took
+
+        all_lookups: list[float] = []
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            for took in pool.map(lookup, range(clients)):
+                all_lookups.extend(took)
+        lookup_rate = len(all_lookups) / (time.perf_counter() - started)
+
+        rss_before = rss_mib(server.pid)
+        path = f"/captures/{capture_id}/artifacts/composite.mp4"
+        # curl, as a browser or a court's tool fetches it; the service's RSS is sampled while it streams.
+        peak = rss_before
+        started = time.perf_counter()
+        fetch = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "-H",
+                                  f"Authorization: {headers['Authorization']}", base + path],
+                                 stdout=subprocess.PIPE, text=True)
+        while fetch.poll() is None:
+            peak = max(peak, rss_mib(server.pid))
+            time.sleep(0.02)
+        api_seconds = time.perf_counter() - started
+        received = int(fetch.stdout.read() if fetch.stdout else 0)
+        assert received == composite.size, received
+        raw = Minio(endpoint.endpoint, access_key=endpoint.access_key, secret_key=endpoint.secret_key, secure=False,
+                    region="us-east-1")
+        started = time.perf_counter()
+        response = raw.get_object(store.bucket, composite.key, version_id=composite.version_id)
+        direct = sum(len(chunk) for chunk in response.stream(1 << 20))
+        response.close()
+        response.release_conn()
+        direct_seconds = time.perf_counter() - started
+        assert direct == composite.size
+        return {"lookups": len(all_lookups), "clients": clients, "lookup_p50_ms": percentile(all_lookups, 0.5) * 1000,
+                "lookup_p99_ms": percentile(all_lookups, 0.99) * 1000, "lookups_per_s": lookup_rate,
+                "download_mib_s": size_mib / api_seconds, "direct_mib_s": size_mib / direct_seconds,
+                "download_ratio": direct_seconds / api_seconds, "rss_before_mib": rss_before,
+                "rss_peak_mib": peak}
+    finally:
+        server.terminate()
+        server.wait(60)
+        log.close()
+        subprocess.run([*wz, "services", "stop"], env=env, cwd=REPO, check=False, capture_output=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--postgres", default=POSTGRES, help="a PostgreSQL server URL to make the databases on")
+    parser.add_argument("--appends", type=int, default=2000, help="appends per writer")
+    parser.add_argument("--entries", type=int, default=100_000, help="ledger size for the proof latency")
+    parser.add_argument("--size-mib", type=int, default=256, help="artifact size for the download")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--lookups", type=int, default=20, help="hash lookups per client")
+    parser.add_argument("--only", default="appends,proofs,service", help="which parts to run (comma-separated)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    wanted = {part.strip() for part in args.only.split(",")}
+    figures: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0]}
+    work = Path(tempfile.mkdtemp(prefix="wz-bench-api-"))
+    try:
+        for name, run in (("appends", lambda url: bench_appends(url, args.appends)),
+                          ("proofs", lambda url: bench_proofs(url, args.entries)),
+                          ("service", lambda url: bench_service(url, work, args.size_mib, args.clients,
+                                                                args.lookups))):
+            if name not in wanted:
+                continue
+            url, drop = fresh_database(args.postgres)
+            try:
+                figures[name] = run(url)
+            finally:
+                drop()
+            print(f"{name}: {json.dumps(figures[name])}", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"load average at start: {figures['load_average_at_start']:.2f}\n")
+    print("| metric | figure | target |\n|---|---|---|")
+    if "appends" in figures:
+        a = figures["appends"]
+        print(f"| custody appends/s, 4 threads of one process (each committed) | {a['threads_per_s']:,.0f} | "
+              ">= 2,000 |")
+        print(f"| custody appends/s, 4 processes | {a['processes_per_s']:,.0f} | >= 2,000 |")
+        print(f"| one append alone p50 / p99 (ms) | {a['single_p50_ms']:.1f} / {a['single_p99_ms']:.1f} | "
+              "p99 < 20 |")
+        print(f"| append under 4 threads p50 / p99 (ms) | {a['threads_p50_ms']:.1f} / {a['threads_p99_ms']:.1f} | |")
+    if "proofs" in figures:
+        p = figures["proofs"]
+        print(f"| inclusion / consistency proof at {p['entries']:,} entries (ms) | {p['inclusion_ms']:.1f} / "
+              f"{p['consistency_ms']:.1f} | < 5 at 1,000,000 |")
+    if "service" in figures:
+        s = figures["service"]
+        print(f"| hash lookup p50 / p99, {s['clients']} clients (ms) | {s['lookup_p50_ms']:.1f} / "
+              f"{s['lookup_p99_ms']:.1f} | p99 < 50 |")
+        print(f"| artifact download vs direct GET ({args.size_mib} MiB) | {s['download_mib_s']:.0f} vs "
+              f"{s['direct_mib_s']:.0f} MiB/s = {s['download_ratio']:.2f}x | >= 0.8x |")
+        print(f"| service RSS before / peak during the download (MiB) | {s['rss_before_mib']:.0f} / "
+              f"{s['rss_peak_mib']:.0f} | flat |")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
