@@ -9,11 +9,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+import anyio.to_thread
+from fastapi import FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
-from api.context import Context
+from api.context import REQUEST_THREADS, Context
 from api.routers import auth, captures, cases, custody, evidence, log, verify
 from evidence import Settings
 from service.captures import mark_stale_interrupted, reconcile_local
@@ -37,9 +40,42 @@ API = "/api/v1"
 MAX_JSON_BODY = 1 << 20
 
 
+class BoundedBodies:
+    """JSON bodies are small: refuse one over MAX_JSON_BODY with 413, by its Content-Length before it is read, or
+    (chunked, no length) as soon as the bytes received pass the limit. Only the package check takes a large body,
+    and it streams to disk under its own limit. Plain ASGI: no task or copy per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].endswith("/verify/package"):
+            await self.app(scope, receive, send)
+            return
+        too_large = f"a request body may have at most {MAX_JSON_BODY} bytes"
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_JSON_BODY:
+            await problems.problem(413, too_large)(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_JSON_BODY:
+                    raise HTTPException(413, too_large)  # answered by the problem handlers like any other
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+
 def create_app(settings: Settings, *, secret: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Request threads and kept database connections go together (Context.open sizes its pool to match).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         ctx = await run_in_threadpool(Context.open, settings, secret=secret)
         await run_in_threadpool(upgrade, ctx.engine)
         await run_in_threadpool(index_registered, ctx.engine, settings.registry_dir, ctx.services.ledger)
@@ -60,15 +96,7 @@ def create_app(settings: Settings, *, secret: str) -> FastAPI:
                               "Errors are RFC 9457 problem details.")
     problems.install(app)
 
-    @app.middleware("http")
-    async def bounded_bodies(request, call_next):  # type: ignore[no-untyped-def]
-        # JSON bodies are small; only the package check takes a large body, and it streams with its own limit.
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_JSON_BODY and \
-                not request.url.path.endswith("/verify/package"):
-            return problems.problem(413, f"a request body may have at most {MAX_JSON_BODY} bytes")
-        return await call_next(request)
-
+    app.add_middleware(BoundedBodies)
     for router in (auth.router, cases.router, captures.router, evidence.router, custody.router, log.router,
                    verify.router):
         app.include_router(router, prefix=API)

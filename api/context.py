@@ -13,6 +13,8 @@ from sqlalchemy import Connection, Engine, create_engine
 from evidence import CustodyAction, CustodyEntry, Settings
 from preservation.services import Services
 
+REQUEST_THREADS = 40  # threads running sync endpoints (anyio's default; set by the app at start)
+
 
 class RateLimiter:
     """A sliding window per client: at most `limit` calls in `window` seconds (in this process)."""
@@ -53,7 +55,10 @@ class Context:
     def open(cls, settings: Settings, *, secret: str) -> Context:
         services = Services(settings)
         services.background_checkpoints = True  # a request never waits for a checkpoint's signature and upload
-        engine = create_engine(services.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # One kept connection per request thread (anyio's pool has 40): a pool smaller than that closes and opens
+        # PostgreSQL connections (a process each) under load, which cost more than the requests themselves.
+        engine = create_engine(services.database_url, pool_pre_ping=True, pool_size=REQUEST_THREADS,
+                               max_overflow=10)
         return cls(settings=settings, services=services, engine=engine, secret=secret,
                    hash_lookups=RateLimiter(settings.hash_lookups_per_minute),
                    logins=RateLimiter(20))

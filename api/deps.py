@@ -7,11 +7,12 @@ A case the caller is not a member of answers 404, exactly as a case that does no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, select, update
 
 from api.context import Context
@@ -29,7 +30,9 @@ CASE_ROLES_FOR = {"investigator": ("investigator", "case_handler"), "case_handle
                   "court": ("court",), "admin": ()}
 
 
-def context(request: Request) -> Context:
+# Dependencies that do no I/O are coroutines: FastAPI runs a plain function dependency on a worker thread, a hop
+# per dependency per request that cost more than the hash check itself under load.
+async def context(request: Request) -> Context:
     ctx: Context = request.app.state.context
     return ctx
 
@@ -77,17 +80,17 @@ def _principal(ctx: Context, token: str) -> Principal | None:
         return Principal(user_id=user.id, name=user.name, role=user.role)
 
 
-def optional_principal(request: Request, ctx: ContextDep) -> Principal | None:
+async def optional_principal(request: Request, ctx: ContextDep) -> Principal | None:
     token = _bearer(request)
     if token is None:
         return None
-    principal = _principal(ctx, token)
+    principal = await run_in_threadpool(_principal, ctx, token)
     if principal is None:
         raise _unauthorized("the token is unknown, expired or revoked; sign in again")
     return principal
 
 
-def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+async def current_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
     if principal is None:
         raise _unauthorized()
     return principal
@@ -96,8 +99,8 @@ def current_principal(principal: Annotated[Principal | None, Depends(optional_pr
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-def require_role(*roles: str, scope: str = "read") -> Callable[..., Principal]:
-    def check(principal: PrincipalDep) -> Principal:
+def require_role(*roles: str, scope: str = "read") -> Callable[..., Awaitable[Principal]]:
+    async def check(principal: PrincipalDep) -> Principal:
         if principal.role not in roles or not principal.may(scope):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the role {' or '.join(roles)}"
                                 + (f" and the token scope '{scope}'" if principal.token_id else ""))

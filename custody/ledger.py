@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 from sqlalchemy import (
     BigInteger,
@@ -230,8 +231,10 @@ def _engine_for(url: str) -> Engine:
             raise ConfigurationError(f"custody ledger on PostgreSQL uses psycopg 3 (postgresql+psycopg://), "
                                      f"not {parsed.drivername}")
         # READ COMMITTED: after the table lock each statement sees every append committed before it.
+        # Connections are opened on demand and kept up to pool_size: a service reads proofs and checkpoints from
+        # many request threads, and reopening PostgreSQL connections under load costs more than the reads.
         return create_engine(parsed.set(drivername="postgresql+psycopg"), isolation_level="READ COMMITTED",
-                             pool_pre_ping=True)
+                             pool_pre_ping=True, pool_size=20, max_overflow=30)
     raise ConfigurationError(f"custody ledger supports sqlite:/// and postgresql+psycopg:// URLs, not {backend}: "
                              f"set WZ_DATABASE_URL")
 
@@ -322,15 +325,18 @@ _Tail = tuple[int, str, tuple[tuple[tuple[int, int], bytes], ...]]  # size, last
 class _Waiting:
     def __init__(self, item: _Item) -> None:
         self.item = item
-        self.done = threading.Event()
+        self.wake = threading.Event()  # set when this entry is written, or when this thread is to write next
+        self.lead = False
+        self.finished = False
         self.entry: CustodyEntry | None = None
         self.error: BaseException | None = None
 
 
 class _GroupCommit:
-    """Appends from many threads of one process, committed together: the first caller writes every entry that
-    is waiting, in one transaction, and each caller returns once its own entry is committed. With 4 writers this
-    took PostgreSQL from about 800 to over 2,000 committed appends a second on this machine."""
+    """Appends from many threads of one process, committed together: one thread at a time writes every entry
+    waiting (up to MAX_BATCH) in one transaction, and each caller returns once its own entry is committed. The
+    writer then hands the pen to the oldest waiting caller and returns: no caller writes for others for longer
+    than one batch, so under steady load no request waits on a queue that never empties."""
 
     def __init__(self, write: Callable[[list[_Item]], list[CustodyEntry]]) -> None:
         self._write = write
@@ -342,37 +348,42 @@ class _GroupCommit:
         mine = _Waiting(item)
         with self._lock:
             self._waiting.append(mine)
-            lead = not self._writing
-            self._writing = True
-        if lead:
-            self._drain()
-        mine.done.wait()
+            if not self._writing:  # no writer: the queue was empty, so this entry heads it
+                self._writing = mine.lead = True
+        if not mine.lead:
+            mine.wake.wait()
+        if not mine.finished:  # handed the pen: this entry heads the queue, so it is in the next batch
+            self._write_next()
         if mine.error is not None:
             raise mine.error
         assert mine.entry is not None
         return mine.entry
 
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                if not batch:
-                    self._writing = False
-                    return
-            try:
-                entries = self._write([w.item for w in batch])
-            except BaseException as exc:  # every caller of the batch learns it was not written
-                for waiting in batch:
-                    waiting.error = exc
-                    waiting.done.set()
-                if not isinstance(exc, Exception):
-                    with self._lock:
-                        self._writing = False
-                    raise
-                continue
+    def _write_next(self) -> None:
+        with self._lock:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        failure: BaseException | None = None
+        try:
+            entries = self._write([w.item for w in batch])
+        except BaseException as exc:  # every caller of the batch learns it was not written
+            failure = exc
+            for waiting in batch:
+                waiting.error = exc
+        else:
             for waiting, entry in zip(batch, entries, strict=True):
                 waiting.entry = entry
-                waiting.done.set()
+        for waiting in batch:
+            waiting.finished = True
+            waiting.wake.set()
+        with self._lock:
+            if self._waiting:
+                following = self._waiting[0]
+                following.lead = True
+                following.wake.set()
+            else:
+                self._writing = False
+        if failure is not None and not isinstance(failure, Exception):
+            raise failure
 
 
 MAX_BATCH = 256
@@ -572,10 +583,49 @@ class Ledger:
 
     def _write_batch(self, items: list[_Item]) -> list[CustodyEntry]:
         known, self._tail = self._tail, None
-        with self._transaction(write=True, lock=ENTRIES) as conn:
-            written, tail = self._append(conn, items, known)
+        if self._postgres:
+            with self._transaction(write=True) as conn:
+                written, tail = self._append_pipelined(conn, items, known)
+        else:
+            with self._transaction(write=True, lock=ENTRIES) as conn:
+                written, tail = self._append(conn, items, known)
         self._tail = tail  # committed: the next batch of this process starts from it unless another wrote since
         return written
+
+    @staticmethod
+    def _chain(items: list[_Item], seq: int, prev_hash: str) -> tuple[list[CustodyEntry], list[dict[str, Any]]]:
+        """The entries for `items` after entry `seq` (whose hash is `prev_hash`), and their rows."""
+        written: list[CustodyEntry] = []
+        rows: list[dict[str, Any]] = []
+        for actor, action, subject, details_text in items:
+            seq += 1
+            # Taken under the lock, so times follow seq order (unless the clock itself steps back).
+            at = format_time(datetime.now(UTC))
+            entry = CustodyEntry(seq=seq, at=parse_time(at), actor=actor, action=action, subject=subject,
+                                 details=json.loads(details_text), prev_hash=prev_hash, entry_hash="0" * 64)
+            entry = entry.model_copy(update={"entry_hash": compute_entry_hash(entry)})
+            rows.append({"seq": seq, "at": at, "actor": actor, "action": action.value, "subject": subject,
+                         "details": details_text, "prev_hash": prev_hash, "entry_hash": entry.entry_hash})
+            written.append(entry)
+            prev_hash = entry.entry_hash
+        return written, rows
+
+    @staticmethod
+    def _grow(conn: Connection, written: list[CustodyEntry], known: _Tail | None
+              ) -> tuple[list[tuple[merkle.Node, bytes]], list[tuple[merkle.Node, bytes]]]:
+        """The tree's frontier before `written` (from `known` when no one appended since) and the nodes they add."""
+        first = written[0].seq - 1
+        if known is not None and known[0] == first and known[1] == written[0].prev_hash:
+            frontier = list(known[2])
+        else:
+            frontier = Ledger._frontier(conn, first)
+        made = merkle.extend(frontier, first, [entry_leaf_hash(e) for e in written])
+        return frontier, made
+
+    @staticmethod
+    def _tree_conflict(written: list[CustodyEntry], exc: Exception) -> LedgerCorrupt:
+        return LedgerCorrupt(f"entry {written[0].seq}: the stored Merkle tree already holds a leaf there, so "
+                             "entries were removed from the ledger; nothing was appended. Run `wz custody verify`")
 
     @staticmethod
     def _append(conn: Connection, items: list[_Item], known: _Tail | None = None
@@ -587,36 +637,49 @@ class Ledger:
         last = conn.execute(
             select(ENTRIES.c.seq, ENTRIES.c.entry_hash).order_by(ENTRIES.c.seq.desc()).limit(1)
         ).first()
-        seq = 0 if last is None else last.seq
-        prev_hash = GENESIS_PREV_HASH if last is None else last.entry_hash
-        written: list[CustodyEntry] = []
-        rows: list[dict[str, Any]] = []
-        for actor, action, subject, details_text in items:
-            seq += 1
-            # Taken under the lock, so times follow seq order (unless the clock itself steps back).
-            at = format_time(datetime.now(UTC))
-            entry = CustodyEntry(seq=seq, at=parse_time(at), actor=actor, action=action, subject=subject,
-                                 details=json.loads(details_text), prev_hash=prev_hash, entry_hash="0" * 64)
-            entry = entry.model_copy(update={"entry_hash": compute_entry_hash(entry)})
-            rows.append({"seq": seq, "at": at, "actor": actor, "action": action, "subject": subject,
-                         "details": details_text, "prev_hash": prev_hash, "entry_hash": entry.entry_hash})
-            written.append(entry)
-            prev_hash = entry.entry_hash
+        written, rows = Ledger._chain(items, 0 if last is None else last.seq,
+                                      GENESIS_PREV_HASH if last is None else last.entry_hash)
         # The guards check each row takes the next number and links to the last one (row triggers see the rows
         # this statement inserted before them).
         conn.execute(insert(ENTRIES), rows)
-        first = written[0].seq - 1
-        if known is not None and known[0] == first and known[1] == written[0].prev_hash:
-            frontier = list(known[2])
-        else:
-            frontier = Ledger._frontier(conn, first)
-        made = merkle.extend(frontier, first, [entry_leaf_hash(e) for e in written])
+        frontier, made = Ledger._grow(conn, written, known)
         try:
             conn.execute(insert(TREE), [{"level": level, "idx": index, "hash": digest.hex()}
                                         for (level, index), digest in made])
         except sa_exc.IntegrityError as exc:
-            raise LedgerCorrupt(f"entry {first + 1}: the stored Merkle tree already holds a leaf there, so entries "
-                                "were removed from the ledger; nothing was appended. Run `wz custody verify`") from exc
+            raise Ledger._tree_conflict(written, exc) from exc
+        return written, (written[-1].seq, written[-1].entry_hash, tuple(frontier))
+
+    @staticmethod
+    def _append_pipelined(conn: Connection, items: list[_Item], known: _Tail | None
+                          ) -> tuple[list[CustodyEntry], _Tail]:
+        """`_append` on PostgreSQL in two round trips before the commit instead of five: the lock and the read of
+        the last entry go out together, then both inserts (psycopg's pipeline mode). Same statements, same
+        guards; the lock is taken first, so the read sees every append committed before it."""
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            with raw.cursor() as locking, raw.cursor() as reading:
+                with raw.pipeline():
+                    locking.execute("LOCK TABLE custody_entries IN EXCLUSIVE MODE")
+                    reading.execute("SELECT seq, entry_hash FROM custody_entries ORDER BY seq DESC LIMIT 1")
+                last = reading.fetchone()
+            written, rows = Ledger._chain(items, 0 if last is None else int(last[0]),
+                                          GENESIS_PREV_HASH if last is None else str(last[1]))
+            frontier, made = Ledger._grow(conn, written, known)
+            with raw.cursor() as cursor, raw.pipeline():
+                cursor.executemany(
+                    "INSERT INTO custody_entries (seq, at, actor, action, subject, details, prev_hash, entry_hash) "
+                    "VALUES (%(seq)s, %(at)s, %(actor)s, %(action)s, %(subject)s, %(details)s, %(prev_hash)s, "
+                    "%(entry_hash)s)", rows)
+                cursor.executemany("INSERT INTO custody_tree (level, idx, hash) VALUES (%s, %s, %s)",
+                                   [(level, index, digest.hex()) for (level, index), digest in made])
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.table_name == TREE.name:
+                raise Ledger._tree_conflict(written, exc) from exc
+            raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+        except psycopg.Error as exc:  # as SQLAlchemy reports it on every other path
+            raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
         return written, (written[-1].seq, written[-1].entry_hash, tuple(frontier))
 
     # -- the stored tree --
@@ -810,6 +873,25 @@ class Ledger:
             raise LedgerCorrupt(f"the imported ledger has {copied} entries and root {copied_root.hex()[:16]}…, not "
                                 f"{size} and {root.hex()[:16]}…")
         return size
+
+    def stored_root(self, size: int) -> bytes | None:
+        """The Merkle root of the first `size` entries from the stored tree, in O(log n); None when the ledger has
+        fewer entries. Only as trustworthy as the stored tree: compare it with a root signed elsewhere (a kept
+        checkpoint document), and sign only roots that `checkpoint` recomputes from the entries."""
+        if size < 0:
+            raise UsageError(f"no tree of {size} entries")
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        with self._transaction(write=False) as conn:
+            if int(conn.execute(select(func.coalesce(func.max(ENTRIES.c.seq), 0))).scalar_one()) < size:
+                return None
+            return merkle.compose(0, size, self._nodes(conn, merkle.subtree_nodes(0, size)))
+
+    def checkpoint_before(self, size: int) -> int:
+        """The tree size of the newest checkpoint below `size` (0 when there is none)."""
+        with self._transaction(write=False) as conn:
+            found = conn.execute(select(func.max(CHECKPOINTS.c.tree_size)).where(CHECKPOINTS.c.tree_size < size))
+            return int(found.scalar() or 0)
 
     def roots_at(self, sizes: Iterable[int]) -> dict[int, bytes]:
         """The Merkle root of the first n entries, for each n the ledger holds (every entry checked on the way)."""

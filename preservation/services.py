@@ -10,6 +10,7 @@ import getpass
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_ENTRIES = 32
 CHECKPOINT_EVERY_SECONDS = 600.0
+CHECKPOINT_MIN_SECONDS = 2.0  # between background checkpoints of a long-running service
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class Services:
         self._background: threading.Thread | None = None
         self._background_again = False
         self._background_lock = threading.Lock()
+        self._hurry = threading.Event()
+        self._last_background = -CHECKPOINT_MIN_SECONDS
+        self._kept_cache: tuple[int, tuple[Path, CheckpointDocument] | None] | None = None
         self.timestamper = HttpTimestamper(self._tsa_endpoints(), timeout=settings.tsa_timeout_seconds)
 
     def _tsa_endpoints(self) -> list[TsaEntry]:
@@ -204,11 +209,17 @@ class Services:
 
     def _checkpoint_in_background(self) -> None:
         while True:
+            # Under steady load (a hash lookup is an entry) checkpoints would follow each other without pause, each
+            # a signature, a timestamp and a document for WORM storage: space them, unless the process is ending.
+            pause = self._last_background + CHECKPOINT_MIN_SECONDS - time.monotonic()
+            if pause > 0:
+                self._hurry.wait(pause)
             try:
                 with self._checkpointing:
                     self.checkpoint()
             except Exception:  # the next due entry tries again; the ledger itself is already committed
                 log.exception("background custody checkpoint failed")
+            self._last_background = time.monotonic()
             with self._background_lock:
                 if not self._background_again:
                     self._background = None
@@ -216,11 +227,13 @@ class Services:
                 self._background_again = False
 
     def wait_for_checkpoints(self) -> None:
-        """Let a background checkpoint finish (before the process ends)."""
+        """Let a background checkpoint finish (before the process ends), without its pause."""
         with self._background_lock:
             running = self._background
         if running is not None:
+            self._hurry.set()
             running.join()
+            self._hurry.clear()
 
     @contextlib.contextmanager
     def one_checkpoint(self) -> Iterator[None]:
@@ -259,8 +272,7 @@ class Services:
 
     def checkpoint_document(self, checkpoint: Checkpoint) -> CheckpointDocument:
         """The checkpoint with its signer, its token and the entries since the checkpoint before it."""
-        earlier = [cp.tree_size for cp in self.ledger.checkpoints() if cp.tree_size < checkpoint.tree_size]
-        start = (max(earlier) if earlier else 0) + 1
+        start = self.ledger.checkpoint_before(checkpoint.tree_size) + 1
         entries = self.ledger.entries(start=start, end=checkpoint.tree_size) if start <= checkpoint.tree_size else []
         request = token = None
         chain: str | None = None
@@ -293,20 +305,40 @@ class Services:
         the ledger then recomputes, and signing it would give the rewrite the node's signature. The checkpoint
         documents kept beside the ledger (and in WORM storage) are out of that person's reach: the ledger must
         still hash to the newest one's root at its size."""
-        folder = self.worm_checkpoint_dir
-        kept = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        if not kept:
+        newest = self._newest_kept()
+        if newest is None:
             return
-        document = CheckpointDocument.from_bytes(kept[-1].read_bytes(), str(kept[-1]))
-        verify_document(document, node_roots=[self.pki.ca_certificate()], check_token=self.check_token)
-        roots = self.ledger.roots_at([document.tree_size])
-        if document.tree_size not in roots:
+        path, document = newest
+        # The stored tree answers in O(log n) instead of rehashing the whole ledger before every signature. If
+        # only the entries were rewritten, the tree still gives the kept root, and `Ledger.checkpoint` then finds
+        # the rewritten entries differ from the tree's leaves; if the tree was rewritten too, its root differs here.
+        root = self.ledger.stored_root(document.tree_size)
+        if root is None:
             raise LedgerCorrupt(f"the ledger holds fewer entries than the {document.tree_size} its last kept "
-                                f"checkpoint covers ({kept[-1]}): entries were removed; not signing it")
-        if roots[document.tree_size].hex() != document.checkpoint.root_hash:
+                                f"checkpoint covers ({path}): entries were removed; not signing it")
+        if root.hex() != document.checkpoint.root_hash:
             raise LedgerCorrupt(f"the ledger's first {document.tree_size} entries no longer hash to the root of its "
-                                f"last kept checkpoint ({kept[-1]}): its history was rewritten; not signing it. "
+                                f"last kept checkpoint ({path}): its history was rewritten; not signing it. "
                                 "Run `wz custody verify`")
+
+    def _newest_kept(self) -> tuple[Path, CheckpointDocument] | None:
+        """The newest checkpoint document kept beside the ledger, verified; listed and verified again only when
+        the folder changes (every checkpoint adds one, and a busy service signs several a minute)."""
+        folder = self.worm_checkpoint_dir
+        try:
+            changed = folder.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        if self._kept_cache is not None and self._kept_cache[0] == changed:
+            return self._kept_cache[1]
+        kept = max(folder.glob("*.json"), default=None)
+        newest = None
+        if kept is not None:
+            document = CheckpointDocument.from_bytes(kept.read_bytes(), str(kept))
+            verify_document(document, node_roots=[self.pki.ca_certificate()], check_token=self.check_token)
+            newest = (kept, document)
+        self._kept_cache = (changed, newest)
+        return newest
 
     @property
     def worm_checkpoint_dir(self) -> Path:

@@ -36,6 +36,7 @@ ROLE = "wz"  # what Wangzheng connects as: owns its database, no superuser (no f
 ADMIN_ROLE = "wz_admin"  # the cluster's superuser, used only to create the role and the database
 SERVICE_USER = "wangzheng"
 DEFAULT_PORT = 5432  # names the socket file only: the cluster listens on no TCP port
+MAX_CONNECTIONS = 300
 _SOCKET_PATH_LIMIT = 100  # sun_path holds 107 bytes; ".s.PGSQL.NNNNN" is appended to the directory
 
 
@@ -176,7 +177,9 @@ class EmbeddedPostgres:
             raise StorageError(f"initdb of the embedded PostgreSQL failed: {_last_line(result.stderr)}")
 
     def _start(self, bindir: Path, timeout: float) -> None:
-        options = f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' -p {self.port}"
+        # The service keeps a connection per request thread, and each worker its own: room above the default 100.
+        options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' -p {self.port} "
+                   f"-c max_connections={MAX_CONNECTIONS}")
         uid, gid = self._owner_ids()
         if not self.log_path.exists():
             self.log_path.touch(mode=0o600)

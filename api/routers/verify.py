@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +29,7 @@ from api.models import (
     VerificationCheck,
 )
 from api.security import Principal
-from evidence import CustodyAction, EvidenceError, IntegrityError, TimestampStatus
+from evidence import Checkpoint, CustodyAction, EvidenceError, IntegrityError, TimestampStatus
 from evidence.layout import MANIFEST, PRESERVATION, load_preservation
 from preservation.record import object_key
 from preservation.registry import locate
@@ -60,7 +61,7 @@ def verify_hash(body: HashQuery, request: Request, ctx: ContextDep,
     column = evidence_files.c.sha256 if body.sha256 else evidence_files.c.sm3
     with ctx.engine.connect() as conn:
         rows = list(conn.execute(select(evidence_files).where(or_(column == digest)).limit(20)))
-    checkpoint = ctx.services.ledger.latest_checkpoint() if rows else None
+    checkpoint = _checkpoint(ctx, max((r.custody_seq or 0 for r in rows), default=0)) if rows else None
     matches = [_match(ctx, row, checkpoint.tree_size if checkpoint else None) for row in rows]
     ctx.record(_actor(principal, client), CustodyAction.HASH_LOOKUP, "hash-check",
                {"algorithm": "sha256" if body.sha256 else "sm3", "digest": digest, "found": len(matches),
@@ -72,13 +73,47 @@ def verify_hash(body: HashQuery, request: Request, ctx: ContextDep,
                       checkpoint_tree_size=checkpoint.tree_size if checkpoint else None, note=note)
 
 
+CHECKPOINT_FRESH_SECONDS = 1.0
+
+
+def _checkpoint(ctx: ContextDep, covering: int) -> Checkpoint | None:
+    """The latest signed checkpoint, read again when the one held is over a second old or does not yet cover
+    entry `covering` (a capture registered since): a lookup answers against a checkpoint at most a second older
+    than the newest, and every checkpoint is signed and timestamped, so each answer stays provable."""
+    held: tuple[float, Checkpoint | None] | None = ctx.extra.get("checkpoint")
+    now = time.monotonic()
+    if held is not None and now - held[0] < CHECKPOINT_FRESH_SECONDS and \
+            (held[1] is not None and held[1].tree_size >= covering):
+        return held[1]
+    latest = ctx.services.ledger.latest_checkpoint()
+    ctx.extra["checkpoint"] = (now, latest)
+    return latest
+
+
+def _inclusion(ctx: ContextDep, seq: int, tree_size: int) -> InclusionProofPublic:
+    """The proof of entry `seq` in the signed tree of `tree_size` entries: a fact that never changes, so kept."""
+    proofs: dict[tuple[int, int], InclusionProofPublic] = ctx.extra.setdefault("proofs", {})
+    proof = proofs.get((seq, tree_size))
+    if proof is None:
+        proof = InclusionProofPublic.model_validate(ctx.services.ledger.inclusion_proof(seq, tree_size).to_json())
+        if len(proofs) > 10_000:
+            proofs.clear()
+        proofs[(seq, tree_size)] = proof
+    return proof
+
+
 def _timestamps(ctx: ContextDep, capture_id: str) -> list[TimestampPublic]:
     """The granted manifest timestamps of a capture on this node, read again only when its record changes."""
+    places: dict[str, Path] = ctx.extra.setdefault("capture_dirs", {})
     try:
-        directory = locate(ctx.settings.registry_dir, capture_id)
+        directory = places.get(capture_id) or locate(ctx.settings.registry_dir, capture_id)
         changed = (directory / PRESERVATION).stat().st_mtime_ns
     except (EvidenceError, OSError):  # a capture whose directory moved still answers by its index row
+        places.pop(capture_id, None)
         return []
+    if len(places) > 10_000:
+        places.clear()
+    places[capture_id] = directory
     cache: dict[str, tuple[int, list[TimestampPublic]]] = ctx.extra.setdefault("timestamps", {})
     cached = cache.get(capture_id)
     if cached is not None and cached[0] == changed:
@@ -109,7 +144,7 @@ def _match(ctx: ContextDep, row: Any, tree_size: int | None) -> HashMatch:
     if tree_size is not None:
         seq = row.custody_seq if row.custody_seq is not None else _registering_seq(ctx, capture_id, path, tree_size)
         if seq is not None and seq <= tree_size:
-            proof = InclusionProofPublic.model_validate(ctx.services.ledger.inclusion_proof(seq, tree_size).to_json())
+            proof = _inclusion(ctx, seq, tree_size)
     return HashMatch(capture_id=capture_id, role=str(row.role), acquired_at=row.acquired_at,
                      timestamps=_timestamps(ctx, capture_id), custody_proof=proof)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,16 @@ def test_oversized_and_malformed_bodies(service: Service) -> None:
     big = service.post("/cases", "wang", content=b'{"title": "' + b"x" * (2 << 20) + b'"}',
                        headers={"content-type": "application/json"})
     assert big.status_code == 413 and big.headers["content-type"] == PROBLEM
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts the bytes as they arrive
+        yield b'{"title": "'
+        for _ in range(64):
+            yield b"x" * (64 << 10)
+        yield b'"}'
+
+    chunked = service.post("/cases", "wang", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and chunked.headers["content-type"] == PROBLEM, chunked.text
+    assert "at most" in chunked.json()["detail"]
     broken = service.post("/cases", "wang", content=b'{"title": ', headers={"content-type": "application/json"})
     assert broken.status_code == 422
 
