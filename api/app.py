@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, secret: str) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         ctx = await run_in_threadpool(Context.open, settings, secret=secret)
         await run_in_threadpool(upgrade, ctx.engine)
+        await run_in_threadpool(ctx.services.check_node_identity)
         await run_in_threadpool(index_registered, ctx.engine, settings.registry_dir, ctx.services.ledger)
         await run_in_threadpool(reconcile_local, ctx.engine, ctx.services, settings)
         app.state.context = ctx

@@ -322,6 +322,10 @@ _Item = tuple[str, CustodyAction, str, str]  # actor, action, subject, canonical
 _Tail = tuple[int, str, tuple[tuple[tuple[int, int], bytes], ...]]  # size, last entry hash, the tree's frontier
 
 
+class _NothingWritten(Exception):
+    """A batch's connection failed before any of its rows was sent."""
+
+
 class _Waiting:
     def __init__(self, item: _Item) -> None:
         self.item = item
@@ -402,10 +406,19 @@ class Ledger:
         self._engine = _engine_for(url)
         self._postgres = self._engine.dialect.name == "postgresql"
         self._where = self._engine.url.render_as_string(hide_password=True)
+        # Batched appends on PostgreSQL get their own small pool, without a ping before each batch: a dead
+        # connection shows on the batch's first round trip, before anything is written, and the batch is retried.
+        self._appender = create_engine(self._engine.url, isolation_level="READ COMMITTED", pool_size=1,
+                                       max_overflow=4) if self._postgres else None
         self._ready = False
         self._missing_guards: tuple[str, ...] = ()
         self._group = _GroupCommit(self._write_batch)
         self._tail: _Tail | None = None
+
+    @property
+    def where(self) -> str:
+        """The ledger's database URL, without its password."""
+        return self._where
 
     @property
     def missing_guards(self) -> tuple[str, ...]:
@@ -422,6 +435,8 @@ class Ledger:
 
     def close(self) -> None:
         self._engine.dispose()
+        if self._appender is not None:
+            self._appender.dispose()
 
     # -- connections --
 
@@ -583,9 +598,13 @@ class Ledger:
 
     def _write_batch(self, items: list[_Item]) -> list[CustodyEntry]:
         known, self._tail = self._tail, None
-        if self._postgres:
-            with self._transaction(write=True) as conn:
-                written, tail = self._append_pipelined(conn, items, known)
+        if self._appender is not None:
+            if not self._ready:
+                self._create_schema()
+            try:
+                written, tail = self._append_batch_pg(self._appender, items, known)
+            except _NothingWritten:  # a connection that had died in the pool: once more, on a new one
+                written, tail = self._append_batch_pg(self._appender, items, known)
         else:
             with self._transaction(write=True, lock=ENTRIES) as conn:
                 written, tail = self._append(conn, items, known)
@@ -650,19 +669,35 @@ class Ledger:
             raise Ledger._tree_conflict(written, exc) from exc
         return written, (written[-1].seq, written[-1].entry_hash, tuple(frontier))
 
+    def _append_batch_pg(self, engine: Engine, items: list[_Item], known: _Tail | None
+                         ) -> tuple[list[CustodyEntry], _Tail]:
+        try:
+            with engine.connect() as conn, conn.begin():
+                return self._append_pipelined(conn, items, known)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise EvidenceError(f"the custody database {self._where} cannot be used: {exc.orig}; check "
+                                f"WZ_DATABASE_URL and that the database is running") from exc
+
     @staticmethod
     def _append_pipelined(conn: Connection, items: list[_Item], known: _Tail | None
                           ) -> tuple[list[CustodyEntry], _Tail]:
-        """`_append` on PostgreSQL in two round trips before the commit instead of five: the lock and the read of
-        the last entry go out together, then both inserts (psycopg's pipeline mode). Same statements, same
-        guards; the lock is taken first, so the read sees every append committed before it."""
+        """`_append` on PostgreSQL in two round trips, the commit included, instead of seven: the lock and the
+        read of the last entry go out together, then both inserts and the COMMIT (psycopg's pipeline mode). Same
+        statements, same guards; the lock is taken first, so the read sees every append committed before it.
+        Raises _NothingWritten when the connection fails on the first round trip (nothing was sent to write)."""
         raw = conn.connection.driver_connection
         assert raw is not None
         try:
             with raw.cursor() as locking, raw.cursor() as reading:
-                with raw.pipeline():
-                    locking.execute("LOCK TABLE custody_entries IN EXCLUSIVE MODE")
-                    reading.execute("SELECT seq, entry_hash FROM custody_entries ORDER BY seq DESC LIMIT 1")
+                try:
+                    with raw.pipeline():
+                        locking.execute("LOCK TABLE custody_entries IN EXCLUSIVE MODE")
+                        reading.execute("SELECT seq, entry_hash FROM custody_entries ORDER BY seq DESC LIMIT 1")
+                except psycopg.OperationalError as exc:
+                    if not raw.closed and not raw.broken:
+                        raise
+                    conn.invalidate()
+                    raise _NothingWritten from exc
                 last = reading.fetchone()
             written, rows = Ledger._chain(items, 0 if last is None else int(last[0]),
                                           GENESIS_PREV_HASH if last is None else str(last[1]))
@@ -674,6 +709,7 @@ class Ledger:
                     "%(entry_hash)s)", rows)
                 cursor.executemany("INSERT INTO custody_tree (level, idx, hash) VALUES (%s, %s, %s)",
                                    [(level, index, digest.hex()) for (level, index), digest in made])
+                cursor.execute("COMMIT")  # answered in the same round trip; the caller's commit is then a no-op
         except psycopg.errors.UniqueViolation as exc:
             if exc.diag.table_name == TREE.name:
                 raise Ledger._tree_conflict(written, exc) from exc
@@ -873,6 +909,15 @@ class Ledger:
             raise LedgerCorrupt(f"the imported ledger has {copied} entries and root {copied_root.hex()[:16]}…, not "
                                 f"{size} and {root.hex()[:16]}…")
         return size
+
+    def claim(self, key: str, value: str) -> str:
+        """Record `value` under `key` in the ledger's own settings unless one is there; returns the recorded one."""
+        with self._transaction(write=True) as conn:
+            recorded = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
+            if recorded is None:
+                conn.execute(insert(META).values(key=key, value=value))
+                return value
+            return str(recorded)
 
     def stored_root(self, size: int) -> bytes | None:
         """The Merkle root of the first `size` entries from the stored tree, in O(log n); None when the ledger has

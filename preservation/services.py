@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Connection
 
@@ -32,6 +33,7 @@ from custody.ledger import Ledger
 from custody.proofs import entry_bytes
 from evidence import (
     Checkpoint,
+    ConfigurationError,
     CustodyAction,
     CustodyEntry,
     EvidenceError,
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_ENTRIES = 32
 CHECKPOINT_EVERY_SECONDS = 600.0
+NODE_CA_KEY = "node-ca-sha256"  # the custody ledger's record of the CA whose keys sign it
 CHECKPOINT_MIN_SECONDS = 2.0  # between background checkpoints of a long-running service
 
 
@@ -112,6 +115,7 @@ class Services:
         self._background_lock = threading.Lock()
         self._hurry = threading.Event()
         self._last_background = -CHECKPOINT_MIN_SECONDS
+        self._node_checked = False
         self._kept_cache: tuple[int, tuple[Path, CheckpointDocument] | None] | None = None
         self.timestamper = HttpTimestamper(self._tsa_endpoints(), timeout=settings.tsa_timeout_seconds)
 
@@ -253,8 +257,26 @@ class Services:
             self._latest = self.ledger.latest_checkpoint()
         return self._latest
 
+    def check_node_identity(self) -> None:
+        """Refuse to sign a ledger that another node's keys sign: every host sharing a custody ledger (the service,
+        workers on other hosts) must hold the node's keys, or its checkpoints would carry a signature that the
+        node's certificate (the one the public log gives courts) does not verify. The first host to sign claims
+        the ledger for its CA."""
+        if self._node_checked:
+            return
+        mine = self.pki.ca_certificate().fingerprint(hashes.SHA256()).hex()
+        recorded = self.ledger.claim(NODE_CA_KEY, mine)
+        if recorded != mine:
+            raise ConfigurationError(
+                f"this host's keys ({self.settings.keys_dir}, CA SHA-256 {mine[:16]}…) are not those of the node whose "
+                f"custody ledger is at {self.ledger.where} (CA SHA-256 {recorded[:16]}…): every host of a node signs "
+                f"with the node's keys. Stop here and copy the node's keys directory (WZ_DATA_DIR/keys on the host "
+                f"that first ran it) to {self.settings.keys_dir}, then start again")
+        self._node_checked = True
+
     def checkpoint(self) -> Checkpoint:
         """Sign and timestamp the ledger's current tree, and queue its document for WORM storage."""
+        self.check_node_identity()
         def stamp(body_sha256: bytes) -> TimestampRecord | None:
             directory = self.checkpoint_dir
             directory.mkdir(parents=True, exist_ok=True)

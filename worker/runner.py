@@ -135,6 +135,7 @@ class Worker:
             loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
         await asyncio.to_thread(upgrade, self.engine)
+        await asyncio.to_thread(self.services.check_node_identity)  # before taking a job it could not sign
         await self.queue.open_async()
         loops: list[asyncio.Task[None]] = []
         try:

@@ -4,7 +4,10 @@ and when a worker starts again on its host, what was recorded is finalized as `p
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from capture.fixtures import FixtureServer
 from capture.fixtures.server import live_path
 from storage import S3Endpoint
-from tests.api.conftest import serve_process
+from tests.api.conftest import REPO, serve_process
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +61,32 @@ def test_a_killed_worker_is_interrupted_then_finalized_when_it_comes_back(
         # Downloads work for the recovered capture like any other.
         manifest = client.get(f"/captures/{capture_id}/manifest", headers=wang)
         assert manifest.status_code == 200 and manifest.json()["status"] == "partial"
+
+
+def test_a_worker_on_another_host_needs_the_nodes_keys(tmp_path: Path, s3_server: S3Endpoint) -> None:
+    """A second host shares the database and the store; with keys of its own it would sign the node's custody
+    ledger with a stranger's key, so it refuses to start and says what to copy."""
+    for served in serve_process(tmp_path / "data", s3_server, "--no-worker"):
+        served.client.get("/log/checkpoint").raise_for_status()  # the service has claimed the ledger for its CA
+        elsewhere = served.env | {"WZ_DATA_DIR": str(tmp_path / "other-host")}
+        command = [sys.executable, "-m", "cli.main", "worker", "--tiles", "1"]
+        refused = subprocess.run(command, env=elsewhere, cwd=REPO, capture_output=True, text=True, timeout=120,
+                                 check=False)
+        assert refused.returncode != 0
+        assert "copy the node's keys directory" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
+
+        shutil.rmtree(tmp_path / "other-host" / "keys")  # the keys that host made for itself
+        shutil.copytree(tmp_path / "data" / "keys", tmp_path / "other-host" / "keys")
+        log = (tmp_path / "other-host.log").open("wb")
+        worker = subprocess.Popen(command, env=elsewhere, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while "ready" not in (tmp_path / "other-host.log").read_text(errors="replace"):
+                assert worker.poll() is None, (tmp_path / "other-host.log").read_text(errors="replace")
+                assert time.monotonic() < deadline, "the worker with the node's keys did not start"
+                time.sleep(0.5)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            log.close()

@@ -772,3 +772,18 @@ def test_a_failed_batch_fails_each_of_its_callers(db: Database, ledger: Ledger) 
     with pytest.raises((DBAPIError, EvidenceError)):
         ledger.append("b", CustodyAction.VIEWED, "x", {})
     assert ledger.size() == 1
+
+
+def test_an_append_whose_connection_died_in_the_pool_is_written_once(db: Database, ledger: Ledger) -> None:
+    """A database restart (here: every other connection killed) leaves dead connections in the pool. The batch
+    finds out on its first round trip, before anything is written, and goes again on a new connection."""
+    ledger.append("a", CustodyAction.VIEWED, "x", {"n": 1})
+    if db.kind == "postgresql":
+        assert ledger._appender is not None
+        with ledger._appender.connect() as pooled:  # the connection the next batch will take from the pool
+            pid = pooled.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        assert db.execute("SELECT pg_terminate_backend(:pid)", {"pid": pid})[0][0]
+    entry = ledger.append("a", CustodyAction.VIEWED, "x", {"n": 2})
+    assert entry.seq == 2
+    assert [e.details["n"] for e in ledger.entries()] == [1, 2]
+    assert ledger.verify()[0] == 2
