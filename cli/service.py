@@ -121,6 +121,7 @@ class LocalWorker:
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    import viewer
     from api.app import create_app
 
     if not 1 <= args.port <= 65535:
@@ -129,7 +130,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"--tiles must be 1 to 9, not {args.tiles}")
     secret = secret_key(settings, loopback=_is_loopback(args.host))
     app = create_app(settings, secret=secret)
-    print(f"wz: the custody service listens on http://{args.host}:{args.port}/api/v1 (OpenAPI: /docs)",
+    viewer.mount(app)
+    print(f"wz: the custody service listens on http://{args.host}:{args.port}/ (the viewer; the API under /api/v1, "
+          "OpenAPI at /docs)",
           file=sys.stderr)
     worker = None if args.no_worker else LocalWorker(args.tiles)
     if worker is not None:

@@ -1,0 +1,170 @@
+"""The web viewer in the system Chromium against a real `wz serve`: sign in, the language switch, cases (list,
+search, create), a case page, roles, hostile titles. Every page is written as a screenshot, in both languages,
+under tests/viewer/screenshots/ (named in the README) for a person to look at."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+
+from storage import S3Endpoint
+from tests.api.conftest import PASSWORD, Served, serve_process
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+SIZES: dict[str, ViewportSize] = {"1366x768": {"width": 1366, "height": 768},
+                                  "1920x1080": {"width": 1920, "height": 1080}}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Endpoint) -> Iterator[Served]:
+    yield from serve_process(tmp_path_factory.mktemp("viewer") / "data", s3_server, "--no-worker")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is required (scripts/setup installs it)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        yield launched
+        launched.close()
+
+
+def _page(browser: Browser, served: Served, size: str = "1366x768") -> tuple[Page, list[str]]:
+    context = browser.new_context(viewport=SIZES[size], locale="zh-CN")
+    # Offline: nothing outside the service may be fetched (no CDN, no web fonts).
+    context.route(re.compile(r"^(?!" + re.escape(served.base) + ").*"),
+                  lambda route: route.abort())
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
+    return page, problems
+
+
+def _shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _sign_in(page: Page, served: Served, name: str) -> None:
+    page.goto(served.base + "/")
+    expect(page.get_by_role("heading", name="登录")).to_be_visible()
+    page.get_by_label("用户名").fill(name)
+    page.get_by_label("密码").fill(PASSWORD)
+    page.get_by_role("button", name="登录").click()
+    expect(page.get_by_role("heading", name="案件", exact=True)).to_be_visible()
+
+
+def _no_console_errors(problems: list[str]) -> None:
+    # A 401 the viewer handles (a wrong password) is the browser's console line, not the viewer's error.
+    real = [p for p in problems if "401" not in p]
+    assert not real, real
+
+
+def test_sign_in_switch_language_create_and_open_a_case(browser: Browser, served: Served) -> None:
+    served.add_user("wang", "investigator")
+    page, problems = _page(browser, served)
+    page.goto(served.base + "/")
+    expect(page.get_by_role("heading", name="登录")).to_be_visible()
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    _shot(page, "signin-zh")
+    page.get_by_label("用户名").fill("wang")
+    page.get_by_label("密码").fill("not the password")
+    page.get_by_role("button", name="登录").click()
+    expect(page.get_by_role("alert")).to_contain_text("登录失败")
+
+    page.get_by_role("button", name="English").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    _shot(page, "signin-en")
+    page.get_by_label("User name").fill("wang")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Cases", exact=True)).to_be_visible()
+    expect(page.get_by_text("No cases yet.")).to_be_visible()
+
+    long_title = "直播间虚构原价案 " + "某某旗舰店限时秒杀最低价" * 12
+    page.get_by_label("Case title").fill(long_title)
+    page.get_by_label("Reference (optional)").fill("西市监立〔2026〕88号")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", name=re.compile(r"^Case C-\d{8}-[0-9a-f]{6}"))).to_be_visible()
+    expect(page.get_by_text("Lead", exact=True)).to_be_visible()
+    expect(page.get_by_text("No captures yet.")).to_be_visible()
+    case_url = page.url
+    _shot(page, "case-en")
+    _no_overflow(page)
+
+    page.get_by_role("button", name="中文").click()  # remembered: the next visit opens in Chinese
+    expect(page.get_by_role("heading", name=re.compile(r"^案件 C-"))).to_be_visible()
+    expect(page.get_by_text("线索", exact=True)).to_be_visible()
+    _shot(page, "case-zh")
+    page.reload()
+    expect(page.get_by_text("法律保全")).to_be_visible()
+
+    page.get_by_role("link", name="案件", exact=True).click()
+    expect(page.get_by_role("cell", name=long_title)).to_be_visible()
+    page.get_by_label("搜索案件（编号、标题、文号）").fill("88号")
+    expect(page.get_by_role("cell", name=long_title)).to_be_visible()
+    _shot(page, "cases-zh")
+    page.get_by_label("搜索案件（编号、标题、文号）").fill("没有这个")
+    expect(page.get_by_text("没有符合条件的案件。")).to_be_visible()
+    page.get_by_role("button", name="English").click()
+    expect(page.get_by_role("heading", name="Cases", exact=True)).to_be_visible()
+    _shot(page, "cases-en")
+    assert page.url.split("#")[0] + "#/cases/" in case_url
+    _no_console_errors(problems)
+
+
+def _no_overflow(page: Page) -> None:
+    """No layout break: long Chinese titles wrap rather than widen the page."""
+    width = page.evaluate("document.documentElement.scrollWidth")
+    viewport = page.viewport_size
+    assert viewport is not None and width <= viewport["width"], (width, viewport)
+
+
+def test_what_a_role_may_not_do_is_not_shown(browser: Browser, served: Served) -> None:
+    served.add_user("judge", "court")
+    page, problems = _page(browser, served, "1920x1080")
+    _sign_in(page, served, "judge")
+    expect(page.get_by_role("heading", name="新建案件")).to_have_count(0)
+    expect(page.get_by_text("法院")).to_be_visible()
+    _shot(page, "cases-court-zh")
+    _no_console_errors(problems)
+
+
+def test_a_hostile_title_is_text_and_unknown_api_paths_stay_problems(browser: Browser, served: Served) -> None:
+    served.add_user("li", "investigator")
+    headers = served.headers["li"]
+    hostile = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
+    made = served.client.post("/cases", headers=headers, json={"title": hostile})
+    assert made.status_code == 201, made.text
+    page, problems = _page(browser, served)
+    _sign_in(page, served, "li")
+    expect(page.get_by_role("cell", name=hostile)).to_be_visible()
+    page.goto(page.url.split("#")[0] + f"#/cases/{made.json()['id']}")
+    expect(page.get_by_role("heading", name=re.compile("^案件 C-"))).to_contain_text("<script>")
+    assert page.title() != "pwned"
+    assert page.evaluate("document.querySelectorAll('main img, main script').length") == 0
+    page.goto(page.url.split("#")[0] + "#/cases/C-20990101-abcdef")
+    expect(page.get_by_role("heading", name="找不到该页面或案件。")).to_be_visible()
+    _no_console_errors([p for p in problems if "404" not in p])
+
+    root = served.base
+    with pytest.raises(urllib.error.HTTPError) as unknown:
+        urllib.request.urlopen(served.base + "/api/v1/no-such-thing")
+    assert unknown.value.code == 404
+    assert unknown.value.headers["content-type"] == "application/problem+json"
+    with urllib.request.urlopen(root + "/") as index:
+        assert "text/html" in index.headers["content-type"]
+        page_text = index.read().decode()
+    assert "https://" not in page_text and "http://" not in page_text, "nothing is fetched from the internet"
