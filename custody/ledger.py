@@ -375,13 +375,13 @@ class _GroupCommit:
         failure: BaseException | None = None
         try:
             entries = self._write([w.item for w in batch])
+            for waiting, entry in zip(batch, entries, strict=True):
+                waiting.entry = entry
         except BaseException as exc:  # every caller of the batch learns it was not written
             failure = exc
             for waiting in batch:
+                waiting.entry = None
                 waiting.error = exc
-        else:
-            for waiting, entry in zip(batch, entries, strict=True):
-                waiting.entry = entry
         for waiting in batch:
             waiting.finished = True
             waiting.wake.set()
@@ -610,7 +610,11 @@ class Ledger:
             try:
                 written, tail = self._append_batch_pg(self._appender, items, known)
             except _NothingWritten:  # a connection that had died in the pool: once more, on a new one
-                written, tail = self._append_batch_pg(self._appender, items, known)
+                try:
+                    written, tail = self._append_batch_pg(self._appender, items, known)
+                except _NothingWritten as exc:
+                    raise EvidenceError(f"the custody database {self._where} dropped two connections in a row before "
+                                        "anything was written; check that the database is running") from exc
         else:
             with self._transaction(write=True, lock=ENTRIES) as conn:
                 written, tail = self._append(conn, items, known)
@@ -925,12 +929,16 @@ class Ledger:
 
     def claim(self, key: str, value: str) -> str:
         """Record `value` under `key` in the ledger's own settings unless one is there; returns the recorded one."""
-        with self._transaction(write=True) as conn:
-            recorded = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
-            if recorded is None:
-                conn.execute(insert(META).values(key=key, value=value))
-                return value
-            return str(recorded)
+        try:
+            with self._transaction(write=True) as conn:
+                recorded = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
+                if recorded is None:
+                    conn.execute(insert(META).values(key=key, value=value))
+                    return value
+                return str(recorded)
+        except sa_exc.IntegrityError:  # another process (the service and its worker start together) was first
+            with self._transaction(write=False) as conn:
+                return str(conn.execute(select(META.c.value).where(META.c.key == key)).scalar_one())
 
     def stored_root(self, size: int) -> bytes | None:
         """The Merkle root of the first `size` entries from the stored tree, in O(log n); None when the ledger has
@@ -1042,7 +1050,8 @@ class Ledger:
     # -- checkpoints --
 
     def checkpoint(self, signer_name: str, sign: Callable[[bytes], bytes],
-                   stamp: Callable[[bytes], TimestampRecord | None] | None = None) -> Checkpoint:
+                   stamp: Callable[[bytes], TimestampRecord | None] | None = None,
+                   verify_signature: Callable[[bytes, str], None] | None = None) -> Checkpoint:
         """Sign (and optionally timestamp) the current tree size and root, store it and return it.
 
         `sign(body)` returns the raw signature over `checkpoint_body`; `stamp(sha256(body))` gets the
@@ -1054,6 +1063,15 @@ class Ledger:
         with self._transaction(write=False) as conn:
             row = conn.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.tree_size.desc()).limit(1)).first()
             latest = _checkpoint_from_row(row) if row is not None else None
+            if latest is not None and verify_signature is not None:
+                # The growth is checked from the newest checkpoint row: a row forged into the database (a rewritten
+                # root with any signature) must not become the base of the next signature.
+                try:
+                    verify_signature(checkpoint_body(latest), latest.signature)
+                except (EvidenceError, ValueError) as exc:
+                    raise LedgerCorrupt(f"checkpoint at size {latest.tree_size}: its signature does not verify "
+                                        f"({exc}); the checkpoint rows were changed; not signing. Run "
+                                        "`wz custody verify`") from exc
             size, root = self._checked_growth(conn, latest)
         self._refresh_guards()
         self._refuse_if_unguarded()

@@ -287,7 +287,8 @@ class Services:
             return granted[0] if granted else None
 
         self._check_against_kept()
-        checkpoint = self.ledger.checkpoint(self.signer.name, self.signer.sign_raw, stamp)
+        checkpoint = self.ledger.checkpoint(self.signer.name, self.signer.sign_raw, stamp,
+                                            verify_signature=self.verify_checkpoint)
         self._latest = checkpoint
         self._keep_in_worm(checkpoint)
         return checkpoint
@@ -331,9 +332,11 @@ class Services:
         if newest is None:
             return
         path, document = newest
-        # The stored tree answers in O(log n) instead of rehashing the whole ledger before every signature. If
-        # only the entries were rewritten, the tree still gives the kept root, and `Ledger.checkpoint` then finds
-        # the rewritten entries differ from the tree's leaves; if the tree was rewritten too, its root differs here.
+        # The stored tree answers in O(log n) instead of rehashing the whole ledger before every signature. A tree
+        # rewritten below the kept size gives another root here. Entries rewritten there with the tree left alone
+        # are not looked at before signing (the root signed is still the genuine one); `wz custody verify` and
+        # every inclusion proof of such an entry find them. Entries after the last checkpoint are checked against
+        # the tree by `Ledger.checkpoint` itself.
         root = self.ledger.stored_root(document.tree_size)
         if root is None:
             raise LedgerCorrupt(f"the ledger holds fewer entries than the {document.tree_size} its last kept "

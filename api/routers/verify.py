@@ -108,9 +108,13 @@ def _timestamps(ctx: ContextDep, capture_id: str) -> list[TimestampPublic]:
     try:
         directory = places.get(capture_id) or locate(ctx.settings.registry_dir, capture_id)
         changed = (directory / PRESERVATION).stat().st_mtime_ns
-    except (EvidenceError, OSError):  # a capture whose directory moved still answers by its index row
+    except (EvidenceError, OSError):
         places.pop(capture_id, None)
-        return []
+        try:  # the place held may be stale: look it up once more
+            directory = locate(ctx.settings.registry_dir, capture_id)
+            changed = (directory / PRESERVATION).stat().st_mtime_ns
+        except (EvidenceError, OSError):  # a capture whose directory moved still answers by its index row
+            return []
     if len(places) > 10_000:
         places.clear()
     places[capture_id] = directory

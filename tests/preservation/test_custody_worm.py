@@ -132,3 +132,18 @@ def test_a_second_version_of_a_checkpoint_in_worm_storage_is_found(services: Ser
                    digests=digest_file(forged)[1])
     with pytest.raises(LedgerCorrupt, match="versions that differ in WORM storage"):
         services.verify_custody()
+
+
+def test_a_checkpoint_row_forged_into_the_database_is_never_signed_over(services: Services) -> None:
+    """The next checkpoint grows from the newest checkpoint row: one inserted by someone with database access (a
+    root of their choosing, a signature they cannot make) must stop the signing, not become its base."""
+    _fill(services, 5)
+    services.record(CustodyAction.VIEWED, "wz-20261130T000000Z-000001", {"n": 99})
+    size = services.ledger.size()
+    db = _database(services)
+    db.execute("INSERT INTO custody_checkpoints (tree_size, root_hash, at, signer, signature, timestamp) "
+               "VALUES (?, ?, ?, ?, ?, NULL)", (size, "ab" * 32, "2026-11-30T00:00:00.000000Z", "forger", "AAAA"))
+    db.close()
+    services.record(CustodyAction.VIEWED, "wz-20261130T000000Z-000001", {"n": 100})
+    with pytest.raises(LedgerCorrupt, match=f"checkpoint at size {size}: its signature does not verify"):
+        services.checkpoint()

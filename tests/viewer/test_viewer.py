@@ -47,7 +47,11 @@ def _page(browser: Browser, served: Served, size: str = "1366x768") -> tuple[Pag
     problems: list[str] = []
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
+    # A progress stream the page itself closes (leaving the page, or reconnecting) ends as net::ERR_ABORTED;
+    # any other failed request is a problem.
+    page.on("requestfailed", lambda request: None if request.url.endswith("/events") and
+            "ERR_ABORTED" in (request.failure or "") else problems.append(
+                f"request failed: {request.url} ({request.failure})"))
     return page, problems
 
 

@@ -72,6 +72,12 @@ function say(message) {
   document.getElementById("status").textContent = message;
 }
 
+let shownRoute = 0; // bumped by every route(): a page still loading when another was opened must not draw
+
+function current(ticket) {
+  return ticket === shownRoute;
+}
+
 function show(...content) {
   const main = document.getElementById("app");
   main.replaceChildren(...content);
@@ -152,8 +158,9 @@ function stateBadge(state) {
   return h("span", { class: `badge state-${state}` }, t(`state.${state}`));
 }
 
-async function casesPage() {
+async function casesPage(ticket) {
   const cases = await api("/cases");
+  if (!current(ticket)) return;
   const search = h("input", { type: "search", id: "case-search", placeholder: t("cases.search") });
   const body = h("tbody");
   const empty = h("p", { class: "empty" });
@@ -207,11 +214,12 @@ function newCaseForm() {
   h("button", { type: "submit", class: "primary" }, t("cases.create")));
 }
 
-async function casePage(caseId) {
+async function casePage(caseId, ticket) {
   const [found, captures] = await Promise.all([
     api(`/cases/${encodeURIComponent(caseId)}`),
     api(`/cases/${encodeURIComponent(caseId)}/captures`),
   ]);
+  if (!current(ticket)) return;
   const facts = h("dl", { class: "facts" },
     h("dt", {}, t("case.state")), h("dd", {}, stateBadge(found.state)),
     h("dt", {}, t("case.description")), h("dd", { class: "wrap" }, found.description || "—"),
@@ -224,7 +232,7 @@ async function casePage(caseId) {
     found.members.map((m) => h("tr", {}, h("td", {}, m.user), h("td", {}, t(`role.${m.role}`)),
       h("td", {}, formatTime(m.added_at)))));
   const captureRows = captures.map((c) => h("tr", {},
-    h("td", { class: "id" }, c.id),
+    h("td", { class: "id" }, h("a", { href: `#/captures/${encodeURIComponent(c.id)}` }, c.id)),
     h("td", {}, h("span", { class: `badge capture-${c.state}` }, t(`capture.${c.state}`))),
     h("td", { class: "wrap urls" }, c.urls.map((url) => h("div", {}, url))),
     h("td", {}, c.operator),
@@ -237,7 +245,243 @@ async function casePage(caseId) {
     h("h2", {}, t("case.captures")),
     captures.length ? table("case.captures", ["case.capture_id", "case.capture_state", "case.capture_urls",
       "case.capture_operator", "case.capture_created"], captureRows) : h("p", { class: "empty" }, t("case.no_captures")),
+    found.your_role === "investigator" && found.state !== "closed" ? newCaptureForm(found) : null,
   );
+}
+
+function newCaptureForm(found) {
+  const urls = h("textarea", { name: "urls", rows: 5, required: true, spellcheck: "false" });
+  const duration = h("input", { name: "duration", type: "number", min: 1, step: 1, inputmode: "numeric" });
+  const layout = h("select", { name: "layout" }, h("option", { value: "auto" }, t("new.layout_auto")),
+    ["1x1", "1x2", "2x2", "2x3", "3x3"].map((value) => h("option", { value }, value)));
+  const fps = h("input", { name: "fps", type: "number", min: 1, max: 30, value: 15 });
+  const officers = found.members.filter((m) => m.role === "investigator" && (!me || m.user !== me.name));
+  const second = h("select", { name: "second_officer" }, h("option", { value: "" }, t("new.no_second_officer")),
+    officers.map((m) => h("option", { value: m.user }, m.user)));
+  const problem = h("p", { class: "problem", role: "alert" });
+  return h("form", { class: "card", onsubmit: async (event) => {
+    event.preventDefault();
+    problem.textContent = "";
+    const list = urls.value.split("\n").map((line) => line.trim()).filter(Boolean);
+    if (list.length < 1 || list.length > 9) {
+      problem.textContent = t("new.too_many");
+      return;
+    }
+    const body = { urls: list, layout: layout.value, fps: Number(fps.value) || 15 };
+    if (duration.value) body.duration = Number(duration.value);
+    if (second.value) body.second_officer = second.value;
+    try {
+      const made = await api(`/cases/${encodeURIComponent(found.id)}/captures`, { method: "POST", json: body });
+      go(`#/captures/${encodeURIComponent(made.id)}`);
+    } catch (error) {
+      problem.textContent = t("error.generic", { detail: error.message });
+    }
+  } },
+  h("h2", {}, t("new.title")),
+  field("new.urls", urls),
+  field("new.duration", duration),
+  field("new.layout", layout),
+  field("new.fps", fps),
+  field("new.second_officer", second),
+  problem,
+  h("button", { type: "submit", class: "primary" }, t("new.launch")));
+}
+
+// -- a capture: its state, live while it records ------------------------------------------------------------
+
+const FINAL = new Set(["complete", "partial", "failed", "interrupted"]);
+let leaving = []; // what a page started (streams, timers) and must stop when another page is shown
+
+function onLeave(stop) {
+  leaving.push(stop);
+}
+
+async function readEvents(captureId, onEvent, signal) {
+  // Server-Sent Events over fetch: EventSource cannot send the Authorization header, and tokens never go in URLs.
+  let lastId = null;
+  while (!signal.aborted) {
+    const headers = { Accept: "text/event-stream", Authorization: `Bearer ${sessionStorage.getItem(TOKEN)}` };
+    if (lastId) headers["Last-Event-ID"] = lastId;
+    let ended = false;
+    let reader = null;
+    try {
+      const answer = await fetch(`${API}/captures/${encodeURIComponent(captureId)}/events`, { headers, signal });
+      if (!answer.ok && answer.status < 500) return; // refused (signed out, no access): nothing to wait for
+      if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
+      reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          const event = { id: null, event: "message", data: null };
+          for (const line of block.split("\n")) {
+            const [name, ...rest] = line.split(": ");
+            if (name === "id") event.id = rest.join(": ");
+            else if (name === "event") event.event = rest.join(": ");
+            else if (name === "data") event.data = JSON.parse(rest.join(": "));
+          }
+          if (event.data === null) continue;
+          if (event.id) lastId = event.id;
+          onEvent(event);
+          if (event.event === "end") ended = true;
+        }
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+      if (reader) reader.cancel().catch(() => {}); // broken off mid-stream: release it before reconnecting
+    }
+    if (ended) return;
+    await new Promise((resolve) => setTimeout(resolve, 2000)); // reconnect where it broke off
+  }
+}
+
+function describeEvent(event) {
+  const data = event.data || {};
+  return data.message || [data.kind || event.event, data.tile ? `#${data.tile}` : "", data.state || "",
+    data.step || ""].filter(Boolean).join(" ");
+}
+
+async function capturePage(captureId, ticket) {
+  const path = `/captures/${encodeURIComponent(captureId)}`;
+  let capture = await api(path);
+  const found = await api(`/cases/${encodeURIComponent(capture.case_id)}`);
+  if (!current(ticket)) return;
+  const facts = h("dl", { class: "facts" });
+  const live = h("div", { class: "live" });
+  const tiles = h("tbody");
+  const buttons = h("div", { class: "actions" });
+  const log = h("ol", { class: "events", "aria-live": "off" });
+  const preview = h("img", { class: "preview", alt: t("cap.preview_alt"), hidden: true });
+  const noPreview = h("p", { class: "empty" }, t("cap.no_preview"));
+  const controller = new AbortController();
+  let previewUrl = null;
+  let timer = null;
+
+  const draw = () => {
+    const officer = capture.second_officer;
+    facts.replaceChildren(...[
+      h("dt", {}, t("cap.state")), h("dd", {}, h("span", { class: `badge capture-${capture.state}`, id: "capture-state" },
+        t(`capture.${capture.state}`))),
+      capture.reason ? [h("dt", {}, t("cap.reason")), h("dd", { class: "wrap" }, capture.reason)] : [],
+      h("dt", {}, t("cap.case")), h("dd", { class: "wrap" }, h("a", { href: `#/cases/${encodeURIComponent(found.id)}` },
+        `${found.id} · ${found.title}`)),
+      h("dt", {}, t("cap.operator")), h("dd", {}, capture.operator),
+      h("dt", {}, t("cap.second_officer")), h("dd", { id: "second-officer" }, !officer ? t("cap.no_second_officer")
+        : officer.confirmed_at ? t("cap.witness_done", { user: officer.user, at: formatTime(officer.confirmed_at) })
+          : t("cap.witness_pending", { user: officer.user })),
+      h("dt", {}, t("cap.launched")), h("dd", {}, formatTime(capture.created_at)),
+      capture.started_at ? [h("dt", {}, t("cap.started")), h("dd", {}, formatTime(capture.started_at))] : [],
+      capture.ended_at ? [h("dt", {}, t("cap.ended")), h("dd", {}, formatTime(capture.ended_at))] : [],
+      capture.manifest_sha256 ? [h("dt", {}, t("cap.manifest")), h("dd", { class: "digest" }, capture.manifest_sha256)]
+        : []].flat());
+    const progress = capture.progress || {};
+    live.replaceChildren(
+      h("p", { id: "capture-progress" }, [progress.phase ? `${t("cap.phase")}: ${progress.phase}` : "",
+        t("cap.seconds", { seconds: progress.seconds_recorded ?? 0 }),
+        t("cap.segments", { count: progress.segments_chained ?? 0 })].filter(Boolean).join(" · ")));
+    const tileRows = (progress.tiles && progress.tiles.length ? progress.tiles
+      : capture.urls.map((url, index) => ({ tile: index + 1, url, status: "", reason: "" })));
+    tiles.replaceChildren(...tileRows.map((tile) => h("tr", {},
+      h("td", {}, String(tile.tile)), h("td", { class: "wrap urls" }, tile.url),
+      h("td", {}, [tile.status, tile.reason].filter(Boolean).join(": ")))));
+    const active = !FINAL.has(capture.state);
+    const parts = [];
+    if (active && found.your_role === "investigator") {
+      parts.push(h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!window.confirm(t("cap.stop_confirm"))) return;
+        try {
+          capture = await api(`${path}/stop`, { method: "POST" });
+          say(t("cap.stop_requested"));
+          draw();
+        } catch (error) {
+          say(t("error.generic", { detail: error.message }));
+        }
+      } }, t("cap.stop")));
+    }
+    if (officer && me && officer.user === me.name && !officer.confirmed_at && capture.state !== "queued") {
+      parts.push(h("button", { type: "button", class: "primary", onclick: async () => {
+        try {
+          capture = await api(`${path}/witness`, { method: "POST" });
+          say(t("cap.witnessed"));
+          draw();
+        } catch (error) {
+          say(t("error.generic", { detail: error.message }));
+        }
+      } }, t("cap.witness")));
+    }
+    buttons.replaceChildren(...parts);
+  };
+
+  const refreshPreview = async () => {
+    if (capture.state !== "recording") return;
+    const answer = await fetch(`${API}${path}/preview.jpg`, {
+      headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN)}` }, signal: controller.signal,
+    }).catch(() => null);
+    if (!answer || !answer.ok) return;
+    const image = await answer.blob().catch(() => null);
+    if (!image || controller.signal.aborted) return;
+    const url = URL.createObjectURL(image);
+    preview.src = url;
+    preview.hidden = false;
+    noPreview.hidden = true;
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = url;
+  };
+
+  let refetching = false;
+  let again = false;
+  const refetch = async () => {
+    if (refetching) {
+      again = true; // asked while a read is under way: read once more after it, so the last state is shown
+      return;
+    }
+    refetching = true;
+    try {
+      do {
+        again = false;
+        capture = await api(path);
+        if (controller.signal.aborted) return;
+        draw();
+      } while (again);
+    } catch {
+      // the next event or tick reads again
+    } finally {
+      refetching = false;
+    }
+  };
+
+  draw();
+  show(
+    h("p", {}, h("a", { href: `#/cases/${encodeURIComponent(found.id)}` }, `← ${t("cap.back")}`)),
+    h("h1", {}, t("cap.title", { id: capture.id })),
+    facts, buttons,
+    h("h2", {}, t("cap.preview")), preview, noPreview,
+    live,
+    h("h2", {}, t("cap.tiles")),
+    h("table", {}, h("thead", {}, h("tr", {}, ["cap.tile", "cap.tile_url", "cap.tile_state"].map((key) =>
+      h("th", { scope: "col" }, t(key))))), tiles),
+    h("h2", {}, t("cap.events")), log,
+  );
+  if (FINAL.has(capture.state) || !current(ticket)) return;
+  timer = setInterval(() => { refreshPreview(); refetch(); }, 3000);
+  refreshPreview();
+  onLeave(() => {
+    controller.abort();
+    clearInterval(timer);
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+  });
+  readEvents(capture.id, (event) => {
+    log.prepend(h("li", {}, [event.data.at ? formatTime(event.data.at) : "", describeEvent(event)]
+      .filter(Boolean).join(" — ")));
+    while (log.children.length > 50) log.lastChild.remove();
+    refetch();
+    if (event.event === "end") clearInterval(timer);
+  }, controller.signal);
 }
 
 // -- routing ---------------------------------------------------------------------------------------------------
@@ -249,6 +493,9 @@ function go(hash) {
 
 async function route() {
   const hash = location.hash || "#/cases";
+  const ticket = ++shownRoute;
+  for (const stop of leaving) stop();
+  leaving = [];
   say("");
   try {
     if (hash !== "#/signin") await whoAmI();
@@ -258,11 +505,13 @@ async function route() {
       return signInPage();
     }
     const caseMatch = hash.match(/^#\/cases\/([^/]+)$/);
-    if (hash === "#/cases") await casesPage();
-    else if (caseMatch) await casePage(decodeURIComponent(caseMatch[1]));
+    const captureMatch = hash.match(/^#\/captures\/([^/]+)$/);
+    if (hash === "#/cases") await casesPage(ticket);
+    else if (caseMatch) await casePage(decodeURIComponent(caseMatch[1]), ticket);
+    else if (captureMatch) await capturePage(decodeURIComponent(captureMatch[1]), ticket);
     else show(h("h1", {}, t("error.not_found")));
   } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return;
+    if (!current(ticket) || (error instanceof ApiError && error.status === 401)) return;
     if (error instanceof ApiError && error.status === 404) show(h("h1", {}, t("error.not_found")));
     else show(h("p", { class: "problem", role: "alert" }, t("error.generic", { detail: error.message })));
   }
