@@ -652,7 +652,7 @@ class Ledger:
         return frontier, made
 
     @staticmethod
-    def _tree_conflict(written: list[CustodyEntry], exc: Exception) -> LedgerCorrupt:
+    def _tree_conflict(written: list[CustodyEntry]) -> LedgerCorrupt:
         return LedgerCorrupt(f"entry {written[0].seq}: the stored Merkle tree already holds a leaf there, so "
                              "entries were removed from the ledger; nothing was appended. Run `wz custody verify`")
 
@@ -676,7 +676,7 @@ class Ledger:
             conn.execute(insert(TREE), [{"level": level, "idx": index, "hash": digest.hex()}
                                         for (level, index), digest in made])
         except sa_exc.IntegrityError as exc:
-            raise Ledger._tree_conflict(written, exc) from exc
+            raise Ledger._tree_conflict(written) from exc
         return written, (written[-1].seq, written[-1].entry_hash, tuple(frontier))
 
     def _append_batch_pg(self, engine: Engine, items: list[_Item], known: _Tail | None
@@ -722,7 +722,7 @@ class Ledger:
                 cursor.execute("COMMIT")  # answered in the same round trip; the caller's commit is then a no-op
         except psycopg.errors.UniqueViolation as exc:
             if exc.diag.table_name == TREE.name:
-                raise Ledger._tree_conflict(written, exc) from exc
+                raise Ledger._tree_conflict(written) from exc
             raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
         except psycopg.Error as exc:  # as SQLAlchemy reports it on every other path
             raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
@@ -798,10 +798,18 @@ class Ledger:
         query = select(ENTRIES).order_by(ENTRIES.c.seq)
         if upto is not None:
             query = query.where(ENTRIES.c.seq <= upto)
+        leaves = self._checked_leaves(conn.execute(query), 0, GENESIS_PREV_HASH)
+        if upto is not None and len(leaves) < upto:
+            raise LedgerCorrupt(f"entry {len(leaves) + 1}: missing (the ledger ends at {len(leaves)})")
+        return leaves
+
+    @staticmethod
+    def _checked_leaves(rows: Iterable[Row[Any]], start: int, prev_hash: str) -> list[bytes]:
+        """The leaf hashes of the entries after entry `start` (whose hash is `prev_hash`), in order, after checking
+        each one's place in the sequence, its own hash and its link to the one before."""
         leaves: list[bytes] = []
-        prev_hash = GENESIS_PREV_HASH
-        for row in conn.execute(query):
-            expected = len(leaves) + 1
+        for row in rows:
+            expected = start + len(leaves) + 1
             if row.seq != expected:
                 raise LedgerCorrupt(f"entry {expected}: missing (the next stored entry is {row.seq})")
             entry = _entry_from_row(row)
@@ -813,8 +821,6 @@ class Ledger:
                 raise LedgerCorrupt(f"entry {expected}: prev_hash does not link to entry {expected - 1}")
             leaves.append(entry_leaf_hash(entry))
             prev_hash = entry.entry_hash
-        if upto is not None and len(leaves) < upto:
-            raise LedgerCorrupt(f"entry {len(leaves) + 1}: missing (the ledger ends at {len(leaves)})")
         return leaves
 
     # -- verification --
@@ -1113,18 +1119,8 @@ class Ledger:
             if last_signed is None:
                 raise LedgerCorrupt(f"checkpoint at size {start}: entry {start} is gone (entries were removed)")
             prev_hash = str(last_signed)
-        leaves: list[bytes] = []
-        for row in conn.execute(select(ENTRIES).where(ENTRIES.c.seq > start).order_by(ENTRIES.c.seq)):
-            expected = start + len(leaves) + 1
-            if row.seq != expected:
-                raise LedgerCorrupt(f"entry {expected}: missing (the next stored entry is {row.seq})")
-            entry = _entry_from_row(row)
-            if compute_entry_hash(entry) != entry.entry_hash:
-                raise LedgerCorrupt(f"entry {expected}: hash does not match its contents")
-            if entry.prev_hash != prev_hash:
-                raise LedgerCorrupt(f"entry {expected}: prev_hash does not link to entry {expected - 1}")
-            leaves.append(entry_leaf_hash(entry))
-            prev_hash = entry.entry_hash
+        leaves = self._checked_leaves(
+            conn.execute(select(ENTRIES).where(ENTRIES.c.seq > start).order_by(ENTRIES.c.seq)), start, prev_hash)
         size = start + len(leaves)
         made = merkle.extend(frontier, start, leaves)
         stored = self._nodes(conn, [node for node, _ in made])

@@ -32,6 +32,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_fixtures import write_bench_manifest  # noqa: E402 - beside this script
+
 POSTGRES = os.environ.get("WZ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSWORD = "bench password 1"  # noqa: S105 - the bench user's password
 
@@ -164,29 +166,12 @@ def bench_proofs(url: str, entries: int) -> dict[str, Any]:
 # -- the running service -----------------------------------------------------------------------------------
 
 def make_capture(directory: Path, size_mib: int) -> str:
-    from capture.assemble import build_manifest
-    from capture.layout import build_layout
-    from evidence import CaptureStatus, ClockCheck, Provenance, TileResult, TileStatus
-    from evidence.layout import write_manifest
-
     capture_id = f"wz-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     directory.mkdir(parents=True)
     with (directory / "composite.mp4").open("wb") as sink:
         for _ in range(size_mib):
             sink.write(os.urandom(1 << 20))
-    url = "https://shop.example/item"
-    now = datetime.now(UTC)
-    provenance = Provenance(
-        tool="wangzheng", tool_version="bench", git_commit=None, python="3", components={}, os="bench",
-        kernel="bench", hostname="bench", ip_addresses=(), user_agent=None, launch_flags=(), options={},
-        operator="bench", case_id=None, proxy={}, etc_hosts_sha256=None, resolv_conf=None, dns={},
-        clock=ClockCheck(server="none", checked_at=now, error="unavailable: bench"), timezone="UTC",
-        browser_profile="none")
-    manifest = build_manifest(directory, capture_id=capture_id, status=CaptureStatus.COMPLETE, reason="",
-                              started_at=now, ended_at=now, requested_duration=None, recorded_seconds=0.0,
-                              provenance=provenance, layout=build_layout([url]),
-                              tiles=(TileResult(tile=1, url=url, status=TileStatus.COMPLETE),), steps=())
-    write_manifest(directory, manifest)
+    write_bench_manifest(directory, capture_id)
     return capture_id
 
 

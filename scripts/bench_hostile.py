@@ -23,6 +23,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_fixtures import write_bench_manifest  # noqa: E402 - beside this script
+
 CHILD = """
 import json, sys, time
 from pathlib import Path
@@ -44,10 +46,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "outcome": outcome, 
 
 
 def genuine_package(work: Path, artifacts: int = 4) -> tuple[Path, str]:
-    from capture.assemble import build_manifest
-    from capture.layout import build_layout
-    from evidence import CaptureStatus, ClockCheck, Provenance, Settings, TileResult, TileStatus
-    from evidence.layout import write_manifest
+    from evidence import Settings
     from preservation.export import export_capture
     from preservation.preserve import Preserver
     from preservation.registry import register
@@ -62,19 +61,7 @@ def genuine_package(work: Path, artifacts: int = 4) -> tuple[Path, str]:
         path = directory / "segments" / f"audio1_{n:05d}.ts"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(64))
-    url = "https://shop.example/item"
-    now = datetime.now(UTC)
-    provenance = Provenance(
-        tool="wangzheng", tool_version="bench", git_commit=None, python="3", components={}, os="bench",
-        kernel="bench", hostname="bench", ip_addresses=(), user_agent=None, launch_flags=(), options={},
-        operator="bench", case_id=None, proxy={}, etc_hosts_sha256=None, resolv_conf=None, dns={},
-        clock=ClockCheck(server="none", checked_at=now, error="unavailable: bench"), timezone="UTC",
-        browser_profile="none")
-    manifest = build_manifest(directory, capture_id=capture_id, status=CaptureStatus.COMPLETE, reason="",
-                              started_at=now, ended_at=now, requested_duration=None, recorded_seconds=0.0,
-                              provenance=provenance, layout=build_layout([url]),
-                              tiles=(TileResult(tile=1, url=url, status=TileStatus.COMPLETE),), steps=())
-    write_manifest(directory, manifest)
+    write_bench_manifest(directory, capture_id)
     register(settings.registry_dir, capture_id, directory)
     package = work / f"genuine-{artifacts}.zip"
     with Services(settings) as services:
