@@ -89,17 +89,21 @@ def finish_from_directory(engine: Engine, services: Services, capture_id: str, d
     state = {CaptureStatus.COMPLETE: "complete", CaptureStatus.PARTIAL: "partial"}.get(manifest.status, "failed")
     reason = "; ".join(part for part in (manifest.reason, note) if part)
     summary = manifest_summary(manifest, record, directory)
+    ended = None
     with engine.begin() as conn:
         before = conn.execute(select(captures.c.state).where(captures.c.id == capture_id).with_for_update()).first()
         if before is None:
             return None
         set_state(conn, capture_id, state, reason, summary=summary, record=record.model_dump(mode="json"),
                   manifest_sha256=record.manifest.sha256, directory=str(directory), ended_at=manifest.ended_at)
+        if before.state != state:  # the end and its custody entry commit together: no reader sees one alone
+            ended = services.record_in(conn, services.actor, CustodyAction.CAPTURE_ENDED, capture_id,
+                                       {"state": state, "reason": reason[:1000],
+                                        "manifest_sha256": record.manifest.sha256,
+                                        "recorded_seconds": manifest.recorded_seconds, "was": before.state})
+    if ended is not None:
+        services.after_commit(ended)
     index_capture(engine, directory, services.ledger)
-    if before.state != state:
-        services.record(CustodyAction.CAPTURE_ENDED, capture_id,
-                        {"state": state, "reason": reason[:1000], "manifest_sha256": record.manifest.sha256,
-                         "recorded_seconds": manifest.recorded_seconds, "was": before.state})
     return state
 
 
@@ -107,7 +111,9 @@ def fail(engine: Engine, services: Services, capture_id: str, reason: str) -> No
     """A capture that ended without a manifest: a recorded failure, never a silent disappearance."""
     with engine.begin() as conn:
         set_state(conn, capture_id, "failed", reason, ended_at=func.now())
-    services.record(CustodyAction.CAPTURE_ENDED, capture_id, {"state": "failed", "reason": reason[:1000]})
+        ended = services.record_in(conn, services.actor, CustodyAction.CAPTURE_ENDED, capture_id,
+                                   {"state": "failed", "reason": reason[:1000]})
+    services.after_commit(ended)
 
 
 def mark_stale_interrupted(engine: Engine, services: Services, *, detected_by: str) -> list[str]:
