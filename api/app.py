@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.context import REQUEST_THREADS, Context
-from api.routers import auth, captures, cases, custody, evidence, log, verify
+from api.routers import auth, captures, cases, custody, evidence, log, reports, verify
 from evidence import Settings
 from service.captures import mark_stale_interrupted, reconcile_local
 from service.index import index_registered
@@ -98,7 +98,7 @@ def create_app(settings: Settings, *, secret: str) -> FastAPI:
     problems.install(app)
 
     app.add_middleware(BoundedBodies)
-    for router in (auth.router, cases.router, captures.router, evidence.router, custody.router, log.router,
-                   verify.router):
+    for router in (auth.router, cases.router, captures.router, evidence.router, reports.router, custody.router,
+                   log.router, verify.router):
         app.include_router(router, prefix=API)
     return app

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, select, update
 
 from api.context import Context
-from api.security import Principal, read_access_token, secret_matches, split_api_token
+from api.security import Principal, read_access_token, read_media_ticket, secret_matches, split_api_token
 from service.db import api_tokens, captures, case_members, cases, users
 
 CASE_ID_PATTERN = r"^C-\d{8}-[0-9a-f]{6}$"
@@ -99,6 +99,39 @@ async def current_principal(principal: Annotated[Principal | None, Depends(optio
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
+def _ticket_principal(ctx: Context, ticket: str, capture_id: str) -> Principal | None:
+    granted = read_media_ticket(ctx.secret, ticket)
+    if granted is None or granted.capture_id != capture_id:
+        return None
+    with ctx.engine.connect() as conn:
+        user = conn.execute(select(users).where(users.c.id == granted.user_id)).first()
+        if user is None or user.disabled:
+            return None
+        if granted.token_id is not None:  # a script's ticket lapses with its token
+            token = conn.execute(select(api_tokens).where(api_tokens.c.id == granted.token_id,
+                                                          api_tokens.c.user_id == user.id)).first()
+            if token is None or token.revoked_at is not None:
+                return None
+    return Principal(user_id=user.id, name=user.name, role=user.role, token_id=granted.token_id,
+                     scopes=granted.scopes)
+
+
+async def media_principal(request: Request, capture_id: CaptureId, ctx: ContextDep,
+                          ticket: Annotated[str | None, Query(
+                              max_length=2000, description="a media ticket (POST /captures/{capture_id}/media-ticket)"
+                              " for a player or a download link, which cannot send a header")] = None) -> Principal:
+    """The caller of a file download: the Authorization header, or else a media ticket for this very capture."""
+    if _bearer(request) is not None or ticket is None:
+        return await current_principal(await optional_principal(request, ctx))
+    principal = await run_in_threadpool(_ticket_principal, ctx, ticket, capture_id)
+    if principal is None:
+        raise _unauthorized("the media ticket is expired, revoked or for another capture; ask for a new one")
+    return principal
+
+
+MediaPrincipalDep = Annotated[Principal, Depends(media_principal)]
+
+
 def require_role(*roles: str, scope: str = "read") -> Callable[..., Awaitable[Principal]]:
     async def check(principal: PrincipalDep) -> Principal:
         if principal.role not in roles or not principal.may(scope):
@@ -165,18 +198,31 @@ def load_capture_access(conn: Connection, principal: Principal, capture_id: str)
     return CaptureAccess(principal, row, row.member_role)
 
 
+def _capture_access(ctx: Context, principal: Principal, capture_id: str, case_roles: tuple[str, ...],
+                    scope: str) -> CaptureAccess:
+    with ctx.engine.connect() as conn:
+        access = load_capture_access(conn, principal, capture_id)
+    if access is None:
+        raise not_found("capture")
+    if access.role not in case_roles or not principal.may(scope):
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"in this capture's case your role is {access.role}; this needs "
+                            f"{' or '.join(case_roles)}"
+                            + (f" and the token scope '{scope}'" if principal.token_id else ""))
+    return access
+
+
 def require_capture_role(*case_roles: str, scope: str = "read") -> Callable[..., CaptureAccess]:
     """The capture named in the path, if the caller is a member of its case in one of `case_roles` (else 404)."""
     def check(capture_id: CaptureId, principal: PrincipalDep, ctx: ContextDep) -> CaptureAccess:
-        with ctx.engine.connect() as conn:
-            access = load_capture_access(conn, principal, capture_id)
-        if access is None:
-            raise not_found("capture")
-        if access.role not in case_roles or not principal.may(scope):
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                f"in this capture's case your role is {access.role}; this needs "
-                                f"{' or '.join(case_roles)}"
-                                + (f" and the token scope '{scope}'" if principal.token_id else ""))
-        return access
+        return _capture_access(ctx, principal, capture_id, case_roles, scope)
+
+    return check
+
+
+def require_capture_file_role(*case_roles: str, scope: str = "read") -> Callable[..., CaptureAccess]:
+    """As require_capture_role, for a file download: the caller may also come with a media ticket."""
+    def check(capture_id: CaptureId, principal: MediaPrincipalDep, ctx: ContextDep) -> CaptureAccess:
+        return _capture_access(ctx, principal, capture_id, case_roles, scope)
 
     return check

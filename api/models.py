@@ -124,6 +124,22 @@ class CheckpointPublic(BaseModel):
     timestamp_token: str | None = Field(default=None, description="base64 RFC 3161 token over SHA-256(body)")
 
 
+class MediaTicketPublic(BaseModel):
+    ticket: str = Field(description="add as ?ticket= to this capture's file URLs; read-only, this capture only")
+    capture_id: str
+    expires_at: datetime
+
+
+class ReportPublic(BaseModel):
+    path: str = Field(description="its path among the capture's files: GET /captures/{capture_id}/artifacts/{path}")
+    size: int
+    sha256: str
+    sm3: str
+    version_id: str | None
+    custody_seq: int | None = Field(description="the custody entry that registered it")
+    generated_at: datetime
+
+
 class InclusionProofPublic(BaseModel):
     seq: int
     leaf_index: int

@@ -2,6 +2,10 @@
 
 An API token reads `wzt_<id>_<secret>`: the id finds the row, the secret's SHA-256 is compared in constant time,
 and only that hash is ever stored. Tokens are accepted in the Authorization header only, never in a URL.
+
+A media ticket is the one thing that may ride in a URL (`?ticket=`): a browser's <video> and <img> and a download
+link cannot send a header. It is a signed claim for one user (and API token) to read one capture's files, with
+its own audience so it never passes as a login token, and it expires within hours, like a pre-signed S3 URL.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from evidence import ConfigurationError, Settings
 from evidence.files import write_atomic
 
 ISSUER = "wangzheng"
+MEDIA_AUDIENCE = "wangzheng-media"
+MEDIA_TICKET_MINUTES = 120  # long enough to watch a long capture; a player asks for a new one when it lapses
 ALGORITHM = "HS256"
 TOKEN_PREFIX = "wzt_"  # noqa: S105 - the prefix that marks an API token, not a secret
 SCOPES = ("read", "capture", "export", "verify", "admin")
@@ -95,12 +101,48 @@ def issue_access_token(key: str, user_id: int, name: str, minutes: int) -> tuple
 
 
 def read_access_token(key: str, token: str) -> int | None:
-    """The user id a valid, unexpired login token names; None for anything else."""
+    """The user id a valid, unexpired login token names; None for anything else (a media ticket included: it
+    carries an audience, and a token with an audience is refused where none is expected)."""
     try:
         claims = jwt.decode(token, key, algorithms=[ALGORITHM], issuer=ISSUER,
                             options={"require": ["exp", "iat", "sub", "iss"]})
         return int(claims["sub"])
     except (jwt.PyJWTError, ValueError, KeyError):
+        return None
+
+
+@dataclass(frozen=True)
+class MediaTicket:
+    user_id: int
+    capture_id: str
+    token_id: str | None
+    scopes: tuple[str, ...]
+
+
+def issue_media_ticket(key: str, principal: Principal, capture_id: str,
+                       minutes: int = MEDIA_TICKET_MINUTES) -> tuple[str, datetime]:
+    now = datetime.now(UTC)
+    expires = now + timedelta(minutes=minutes)
+    ticket = jwt.encode({"iss": ISSUER, "aud": MEDIA_AUDIENCE, "sub": str(principal.user_id), "cap": capture_id,
+                         "tok": principal.token_id, "scp": list(principal.scopes), "iat": now, "exp": expires,
+                         "jti": secrets.token_hex(8)}, key, algorithm=ALGORITHM)
+    return ticket, expires
+
+
+def read_media_ticket(key: str, ticket: str) -> MediaTicket | None:
+    """What a valid, unexpired media ticket grants; None for anything else (a login token included)."""
+    try:
+        claims = jwt.decode(ticket, key, algorithms=[ALGORITHM], issuer=ISSUER, audience=MEDIA_AUDIENCE,
+                            options={"require": ["exp", "iat", "sub", "iss", "aud"]})
+        token_id = claims.get("tok")
+        scopes = claims["scp"]
+        if not isinstance(claims["cap"], str) or not isinstance(scopes, list) or \
+                not all(isinstance(scope, str) for scope in scopes) or \
+                (token_id is not None and not isinstance(token_id, str)):
+            return None
+        return MediaTicket(user_id=int(claims["sub"]), capture_id=claims["cap"], token_id=token_id,
+                           scopes=tuple(scopes))
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError):
         return None
 
 

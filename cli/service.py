@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import getpass
 import ipaddress
 import logging
@@ -76,6 +77,14 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: loading it in the forked child could deadlock
+
+
+def _terminate_with_parent() -> None:
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class LocalWorker:
     """The worker `wz serve` runs beside the API, in its own process (the web process never records); started
     again if it dies, asked to finish its recordings (SIGTERM) when the service stops."""
@@ -90,8 +99,11 @@ class LocalWorker:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        # If the service itself is killed (kill -9, a supervisor's timeout), the worker is told as if the service
+        # had stopped: it finishes its recordings as evidence instead of recording on, orphaned, for hours.
         return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--tiles", str(self.tiles)],
-                                cwd=Path(__file__).resolve().parent.parent)
+                                cwd=Path(__file__).resolve().parent.parent,
+                                preexec_fn=_terminate_with_parent)  # noqa: PLW1509 - the child only calls prctl
 
     def _supervise(self) -> None:
         delay = 1.0

@@ -379,6 +379,7 @@ class CustodyAction(StrEnum):
     CAPTURE_WITNESSED = "capture-witnessed"  # the second officer confirmed with their own login
     CAPTURE_INTERRUPTED = "capture-interrupted"  # its worker stopped beating (killed, host down)
     CAPTURE_ENDED = "capture-ended"  # complete, partial or failed, with the reason
+    REPORT_GENERATED = "report-generated"  # an evidence report PDF was made, stored (WORM) and indexed by its digests
 
 
 class CustodyEntry(Frozen):

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     hash_lookups_per_minute: int = Field(default=30, ge=1, description="Per client, on the public hash check.")
     max_package_upload_bytes: int = Field(default=4 << 30, ge=1 << 20,
                                           description="Largest package POST /verify/package accepts.")
+    public_url: str = Field(
+        default="", pattern=r"^(https?://[^\s?#]+)?$",
+        description="Where people reach the viewer (https://evidence.example.gov.cn/): the evidence report's QR "
+        "code opens its hash check there. Empty: the address the report was asked for at.",
+    )
 
     @property
     def tsa_url_list(self) -> list[str]:

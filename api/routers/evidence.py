@@ -27,8 +27,10 @@ from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from api.context import Context
-from api.deps import CaptureAccess, ContextDep, require_capture_role
+from api.deps import CaptureAccess, ContextDep, require_capture_file_role, require_capture_role
+from api.models import MediaTicketPublic
 from api.routers.captures import throttle
+from api.security import issue_media_ticket
 from evidence import CustodyAction, EvidenceError, PreservationRecord
 from evidence.files import write_atomic
 from evidence.layout import MANIFEST, PRESERVATION, has_preservation
@@ -40,7 +42,8 @@ from service.db import evidence_files
 router = APIRouter(tags=["evidence"])
 
 MEMBERS = ("investigator", "case_handler", "court")
-ReadEvidence = Annotated[CaptureAccess, Depends(require_capture_role(*MEMBERS))]
+ReadEvidence = Annotated[CaptureAccess, Depends(require_capture_file_role(*MEMBERS))]
+ReadCapture = Annotated[CaptureAccess, Depends(require_capture_role(*MEMBERS))]
 ArtifactPath = Annotated[str, PathParam(max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$",
                                         description="the artifact's path in the manifest")]
 
@@ -156,6 +159,23 @@ def _serve(ctx: Context, access: CaptureAccess, row: Any, range_header: str | No
                              status_code=206, media_type=row.media_type, headers=headers)
 
 
+@router.post("/captures/{capture_id}/media-ticket", response_model=MediaTicketPublic,
+             summary="A ticket for this capture's files in a URL (?ticket=), for a video player, an image or a "
+                     "download link, which cannot send the Authorization header")
+async def media_ticket(ctx: ContextDep, access: ReadCapture) -> MediaTicketPublic:
+    ticket, expires = issue_media_ticket(ctx.secret, access.principal, access.capture.id)
+    return MediaTicketPublic(ticket=ticket, capture_id=access.capture.id, expires_at=expires)
+
+
+@router.get("/captures/{capture_id}/preservation", response_model=PreservationRecord, response_model_by_alias=True,
+            summary="What preservation did: the manifest's digests, its signature, every timestamp token (TSA, "
+                    "time, serial, local or third party) and every stored object version")
+def preservation(access: ReadCapture) -> PreservationRecord:
+    if access.capture.record is None:
+        raise HTTPException(409, f"the capture is {access.capture.state}; it has no preservation record yet")
+    return PreservationRecord.model_validate(access.capture.record)
+
+
 @router.get("/captures/{capture_id}/manifest", summary="The manifest's exact signed bytes (its SHA-256 is the one "
             "a court holds)", response_class=Response, responses={200: {"content": {"application/json": {}}}})
 def manifest(ctx: ContextDep, access: ReadEvidence,
@@ -204,7 +224,7 @@ def _from_store(ctx: Context, capture_id: str, record: PreservationRecord, folde
 
 @router.get("/captures/{capture_id}/export", summary="The verifiable package of `wz export` (a zip)",
             response_class=FileResponse, responses={200: {"content": {"application/zip": {}}}})
-async def export(ctx: ContextDep, access: Annotated[CaptureAccess, Depends(require_capture_role(
+async def export(ctx: ContextDep, access: Annotated[CaptureAccess, Depends(require_capture_file_role(
         *MEMBERS, scope="export"))]) -> FileResponse:
     capture = access.capture
     if capture.record is None:

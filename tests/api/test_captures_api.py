@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
 from api.routers.evidence import DownloadCutOff
-from service.db import captures, evidence_files, users
+from api.security import Principal, issue_media_ticket, new_api_token
+from service.db import api_tokens, captures, evidence_files, users
 from storage import S3Endpoint
 from tests.api.conftest import Service, open_service
 from tests.api.test_roles import preserved_capture
@@ -176,3 +177,72 @@ def test_a_download_whose_bytes_differ_is_cut_off_and_recorded(service: Service)
     cut = [e for e in service.ctx.services.ledger.entries(subject=capture_id) if e.action.value == "download-cut-off"]
     assert len(cut) == 1 and cut[0].details["path"] == "composite.mp4" and cut[0].actor == "wang"
     assert cut[0].details["expected_sha256"] == "0" * 64
+
+
+def test_media_tickets_open_one_captures_files_and_nothing_else(service: Service) -> None:
+    """A player or a download link cannot send a header, so a file URL may carry a ticket: only for the capture
+    it names, only for its files, only while it lasts and while its user (and token) may still read."""
+    case_id = case_with(service, ("zhao", "case_handler"))
+    wang = user_id(service, "wang")
+    first = preserved_capture(service, case_id, wang)
+    second = preserved_capture(service, case_id, wang)
+    answer = service.post(f"/captures/{first}/media-ticket", "zhao")
+    assert answer.status_code == 200 and answer.json()["capture_id"] == first
+    ticket = answer.json()["ticket"]
+
+    def fetch(path: str, value: str = ticket, **kwargs: object) -> int:
+        return service.get(path, params={"ticket": value}, **kwargs).status_code  # type: ignore[arg-type]
+
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4") == 200
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4", headers={"Range": "bytes=0-9"}) == 206
+    assert fetch(f"/captures/{first}/manifest") == 200
+    assert fetch(f"/captures/{first}/export") == 200
+    assert fetch(f"/captures/{second}/artifacts/composite.mp4") == 401  # another capture of the same case
+    assert fetch(f"/captures/{first}") == 401  # not a file: the ticket is not a sign-in
+    assert fetch(f"/cases/{case_id}") == 401
+    assert service.get("/me", ticket).status_code == 401  # nor a bearer token
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4", service.tokens["zhao"]) == 401  # a login is no ticket
+    forged = ticket[:-4] + ("AAAA" if not ticket.endswith("AAAA") else "BBBB")
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4", forged) == 401
+
+    zhao = user_id(service, "zhao")
+    lapsed, _ = issue_media_ticket(service.ctx.secret, Principal(zhao, "zhao", "case_handler"), first, minutes=-1)
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4", lapsed) == 401
+    read_only, _ = issue_media_ticket(service.ctx.secret, Principal(zhao, "zhao", "case_handler", token_id="none",  # noqa: S106
+                                                                    scopes=("read",)), first)
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4", read_only) == 401  # its token does not exist
+
+    downloads = [e for e in service.ctx.services.ledger.entries(subject=first) if e.action.value == "downloaded"]
+    assert downloads and all(e.actor == "zhao" for e in downloads)  # the custody record names the ticket's user
+
+    assert service.request("DELETE", f"/cases/{case_id}/members/zhao", "wang").status_code == 204
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4") == 404  # no longer a member: as if it never was
+    with service.ctx.engine.begin() as conn:
+        conn.execute(update(users).where(users.c.id == zhao).values(disabled=True))
+    assert fetch(f"/captures/{first}/artifacts/composite.mp4") == 401
+
+
+def test_a_scripts_ticket_keeps_its_tokens_scopes_and_lapses_with_it(service: Service) -> None:
+    case_id = case_with(service)
+    wang = user_id(service, "wang")
+    capture_id = preserved_capture(service, case_id, wang)
+    token_id, token, secret_sha256 = new_api_token()
+    with service.ctx.engine.begin() as conn:
+        conn.execute(api_tokens.insert().values(id=token_id, user_id=wang, name="player", secret_sha256=secret_sha256,
+                                                scopes=["read"], created_at=datetime.now(UTC)))
+    ticket = service.post(f"/captures/{capture_id}/media-ticket", token).json()["ticket"]
+    assert service.get(f"/captures/{capture_id}/manifest", params={"ticket": ticket}).status_code == 200
+    assert service.get(f"/captures/{capture_id}/export", params={"ticket": ticket}).status_code == 403  # no export
+    with service.ctx.engine.begin() as conn:
+        conn.execute(update(api_tokens).where(api_tokens.c.id == token_id).values(revoked_at=datetime.now(UTC)))
+    assert service.get(f"/captures/{capture_id}/manifest", params={"ticket": ticket}).status_code == 401
+
+
+def test_the_preservation_record_lists_the_timestamp_tokens(service: Service) -> None:
+    case_id = case_with(service)
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    record = service.get(f"/captures/{capture_id}/preservation", "wang").json()
+    assert record["schema"] and record["capture_id"] == capture_id and record["complete"] is True
+    granted = [t for t in record["timestamps"] if t["status"] == "granted"]
+    assert granted and granted[0]["local_tsa"] is True and granted[0]["serial_number"] is not None
+    assert record["manifest"]["sha256"] == service.get(f"/captures/{capture_id}", "wang").json()["manifest_sha256"]

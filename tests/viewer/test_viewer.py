@@ -47,11 +47,12 @@ def _page(browser: Browser, served: Served, size: str = "1366x768") -> tuple[Pag
     problems: list[str] = []
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
-    # A progress stream the page itself closes (leaving the page, or reconnecting) ends as net::ERR_ABORTED;
-    # any other failed request is a problem.
-    page.on("requestfailed", lambda request: None if request.url.endswith("/events") and
-            "ERR_ABORTED" in (request.failure or "") else problems.append(
-                f"request failed: {request.url} ({request.failure})"))
+    # A progress stream the page itself closes (leaving the page, or reconnecting) and a player's range request
+    # it no longer needs (a seek, another tile's file) end as net::ERR_ABORTED; any other failed request is a
+    # problem.
+    page.on("requestfailed", lambda request: None if "ERR_ABORTED" in (request.failure or "") and (
+        request.url.endswith("/events") or request.resource_type == "media") else problems.append(
+            f"request failed: {request.url} ({request.failure})"))
     return page, problems
 
 
@@ -66,7 +67,8 @@ def _sign_in(page: Page, served: Served, name: str) -> None:
     page.get_by_label("用户名").fill(name)
     page.get_by_label("密码").fill(PASSWORD)
     page.get_by_role("button", name="登录").click()
-    expect(page.get_by_role("heading", name="案件", exact=True)).to_be_visible()
+    # Generous: a password check (argon2) waits its turn on two cores busy recording four rooms.
+    expect(page.get_by_role("heading", name="案件", exact=True)).to_be_visible(timeout=30_000)
 
 
 def _no_console_errors(problems: list[str]) -> None:

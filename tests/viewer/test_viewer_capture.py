@@ -1,21 +1,27 @@
 """A capture launched, watched, witnessed and stopped from the viewer, against a real `wz serve` with its worker and
-the demo rooms: the live state of every tile, the preview, the second officer's confirmation from their own
-session, and a stop that ends in kept evidence. Screenshots go to tests/viewer/screenshots/."""
+four demo rooms: the live state of every tile, the preview, the second officer's confirmation from their own
+session, and a stop that ends in kept evidence. Then the evidence as a case handler and a court meet it: the
+synchronized player (tile 2's own recording and its own tone, at the same moment), a seek by a timeline mark, the
+manifest, the report PDF with its QR code, and the check for courts (a file hashed in the browser, a QR link, a
+package). Screenshots go to tests/viewer/screenshots/."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from capture.fixtures import FixtureServer
+from capture.fixtures.media import ROOM_TONES
 from capture.fixtures.server import live_path
 from storage import S3Endpoint
 from tests.api.conftest import Served, serve_process
-from tests.viewer.test_viewer import CHROMIUM, _no_console_errors, _page, _shot, _sign_in
+from tests.api.test_reports import _pdf_text, _qr_codes
+from tests.viewer.test_viewer import CHROMIUM, _no_console_errors, _no_overflow, _page, _shot, _sign_in
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +34,16 @@ def served(tmp_path: Path, s3_server: S3Endpoint) -> Iterator[Served]:
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        # The player is started by the test, not by a person's click: let it play (and sound) without one.
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
         yield launched
         launched.close()
 
 
-def test_launch_watch_witness_and_stop_a_capture(browser: Browser, served: Served,
-                                                 demo_server: FixtureServer) -> None:
+@pytest.mark.timeout(1500)  # one long walk through everything a person does, on a real four-room recording
+def test_launch_watch_witness_stop_play_report_and_verify(browser: Browser, served: Served, tmp_path: Path,
+                                                           demo_server: FixtureServer) -> None:
     wang = served.add_user("wang", "investigator")
     served.add_user("li", "investigator")
     case_id = served.client.post("/cases", headers=wang, json={"title": "两个直播间"}).json()["id"]
@@ -45,7 +54,8 @@ def test_launch_watch_witness_and_stop_a_capture(browser: Browser, served: Serve
     _sign_in(page, served, "wang")
     page.goto(f"{served.base}/#/cases/{case_id}")
     expect(page.get_by_role("heading", name="新建取证")).to_be_visible()
-    rooms = [demo_server.base_url + live_path(room) for room in (1, 2)]
+    rooms = [demo_server.base_url + live_path(room) for room in (1, 2)] + \
+        [demo_server.base_url + "/flv/3", demo_server.base_url + "/product"]
     page.get_by_label("网址（每行一个，1-9 个）").fill("\n".join(rooms))
     page.get_by_label("第二取证人（同案调查员）").select_option("li")
     _shot(page, "new-capture-zh")
@@ -53,13 +63,14 @@ def test_launch_watch_witness_and_stop_a_capture(browser: Browser, served: Serve
     expect(page.get_by_role("heading", name=re.compile(r"^取证 wz-"))).to_be_visible()
     capture_id = page.url.rsplit("/", 1)[-1]
 
-    expect(page.locator("#capture-state")).to_have_text("录制中", timeout=120_000)
+    expect(page.locator("#capture-state")).to_have_text("录制中", timeout=180_000)
     expect(page.get_by_role("img", name="多机同屏实时预览")).to_be_visible(timeout=20_000)
     page.wait_for_function("() => { const img = document.querySelector('img.preview'); "
                            "return img && img.complete && img.naturalWidth > 0; }", timeout=20_000)
     expect(page.locator("#capture-progress")).to_contain_text(re.compile(r"已录制 [1-9]\d*(\.\d)? 秒"),
                                                               timeout=20_000)
     expect(page.get_by_role("cell", name=rooms[1])).to_be_visible()
+    expect(page.get_by_role("cell", name=rooms[3])).to_be_visible()
     expect(page.locator("#second-officer")).to_contain_text("li（待确认）")
     expect(page.get_by_role("button", name="我作为第二取证人确认")).to_have_count(0)  # only li confirms
     _shot(page, "capture-recording-zh")
@@ -73,6 +84,7 @@ def test_launch_watch_witness_and_stop_a_capture(browser: Browser, served: Serve
     expect(other.locator("#second-officer")).to_contain_text("li (confirmed")
     _shot(other, "capture-witnessed-en")
 
+    page.wait_for_timeout(8_000)  # a few seconds of every room on the record before it stops
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="停止录制").click()
     expect(page.locator("#capture-state")).to_have_text(re.compile("^(完成|部分完成)$"), timeout=240_000)
@@ -86,5 +98,135 @@ def test_launch_watch_witness_and_stop_a_capture(browser: Browser, served: Serve
     assert stored["state"] in ("complete", "partial") and stored["manifest_sha256"]
     assert stored["second_officer"]["user"] == "li" and stored["second_officer"]["confirmed_at"]
     assert "stop" in str(stored["reason"]).lower() or stored["ended_at"], stored
-    _no_console_errors(problems)
     _no_console_errors(other_problems)
+
+    _play_and_switch_tiles(page, capture_id)
+    _report(page, served, capture_id, stored["manifest_sha256"], tmp_path)
+    _verify_as_a_court(browser, served, capture_id, stored["manifest_sha256"], tmp_path)
+    _no_console_errors(problems)
+
+
+VIDEO = ".player video"
+
+
+def _peak_hz(page: Page) -> float:
+    """The loudest frequency the player is sounding now, from the element's own audio (Web Audio)."""
+    return float(page.evaluate("""async () => {
+      const video = document.querySelector('.player video');
+      if (!window.__listen) {
+        const context = new AudioContext();
+        const analyser = context.createAnalyser();
+        analyser.fftSize = 8192;
+        context.createMediaElementSource(video).connect(analyser);
+        analyser.connect(context.destination);
+        await context.resume();
+        window.__listen = { context, analyser };
+      }
+      const { context, analyser } = window.__listen;
+      await video.play();
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const bins = new Float32Array(analyser.frequencyBinCount);
+      analyser.getFloatFrequencyData(bins);
+      video.pause();
+      let best = 1;
+      for (let i = 2; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
+      return best * context.sampleRate / analyser.fftSize;
+    }"""))
+
+
+def _play_and_switch_tiles(page: Page, capture_id: str) -> None:
+    expect(page.get_by_role("heading", name="同步回放")).to_be_visible(timeout=30_000)
+    page.wait_for_function(f"() => document.querySelector('{VIDEO}').readyState >= 1")
+    assert "/artifacts/composite.mp4?ticket=" in page.evaluate(f"document.querySelector('{VIDEO}').currentSrc")
+    assert page.evaluate(f"document.querySelector('{VIDEO}').muted")
+    expect(page.get_by_role("cell", name="composite.mp4", exact=True)).to_be_visible()
+    _shot(page, "capture-evidence-zh")
+    _no_overflow(page)
+
+    # A seek by a timeline mark: the second segment boundary, from the list of marks (the keyboard's way).
+    page.get_by_text(re.compile(r"^时间轴事件列表")).click()
+    page.get_by_label("只看").select_option("segment")
+    mark = page.locator("tr.row-segment td button").nth(1)
+    minutes, seconds = mark.inner_text().split(":")
+    mark.click()
+    at = float(page.evaluate(f"document.querySelector('{VIDEO}').currentTime"))
+    assert abs(at - (int(minutes) * 60 + int(seconds))) < 1.0, (mark.inner_text(), at)
+
+    # Tile 2: its own recording and its own sound, from the same moment.
+    page.locator(".tile-hit[data-tile='2']").click()
+    expect(page.locator("#player-showing")).to_contain_text("画面 2")
+    page.wait_for_function(f"() => document.querySelector('{VIDEO}').readyState >= 2")
+    state = page.evaluate(f"(() => {{ const v = document.querySelector('{VIDEO}'); "
+                          "return [v.currentSrc, v.currentTime, v.muted]; })()")
+    assert "/artifacts/tiles/2/video.mp4?ticket=" in state[0] and state[2] is False, state
+    assert abs(state[1] - at) < 0.5, (state, at)
+    assert abs(_peak_hz(page) - ROOM_TONES[2]) < 20  # tile 2's tone, not tile 1's (the composite's first track)
+    _shot(page, "capture-tile2-zh")
+    page.get_by_role("button", name="返回合成画面").click()
+    expect(page.locator("#player-showing")).to_contain_text("多机同屏")
+    assert page.evaluate(f"document.querySelector('{VIDEO}').muted")
+    page.locator(".tile-hit[data-tile='3']").click()
+    page.wait_for_function(f"() => document.querySelector('{VIDEO}').readyState >= 2")
+    assert abs(_peak_hz(page) - ROOM_TONES[3]) < 20
+
+    page.get_by_role("button", name="English").click()
+    expect(page.get_by_role("heading", name="Synchronized playback")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("heading", name=re.compile(r"^Manifest \(\d+ files\)"))).to_be_visible()
+    _shot(page, "capture-evidence-en")
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    _no_overflow(page)
+    _shot(page, "capture-evidence-en-1920")
+    page.set_viewport_size({"width": 1366, "height": 768})
+    page.get_by_role("button", name="中文").click()
+    expect(page.get_by_role("heading", name="同步回放")).to_be_visible(timeout=30_000)
+
+
+def _report(page: Page, served: Served, capture_id: str, manifest_sha256: str, folder: Path) -> None:
+    page.get_by_role("link", name="固证报告（可打印，PDF）").click()
+    expect(page.get_by_role("heading", name=f"固证报告 {capture_id}")).to_be_visible()
+    expect(page.frame_locator("iframe.report-frame").get_by_text(manifest_sha256).first).to_be_visible(
+        timeout=60_000)
+    page.get_by_role("button", name="生成 PDF 并登记").click()
+    expect(page.get_by_role("link", name="下载 PDF")).to_be_visible(timeout=120_000)
+    _shot(page, "report-zh")
+    reports = served.client.get(f"/captures/{capture_id}/reports", headers=served.headers["wang"]).json()
+    assert len(reports) == 1
+    pdf = folder / "report.pdf"
+    pdf.write_bytes(served.client.get(f"/captures/{capture_id}/artifacts/{reports[0]['path']}",
+                                      headers=served.headers["wang"]).content)
+    assert hashlib.sha256(pdf.read_bytes()).hexdigest() == reports[0]["sha256"]
+    assert manifest_sha256 in _pdf_text(pdf).replace(" ", "")
+    assert _qr_codes(pdf, folder) == [f"{served.base}/#/verify?sha256={manifest_sha256}"]
+    for number in range(1, 5):  # a still of the composite and of every tile: images in the PDF
+        assert f"画面 {number}" in _pdf_text(pdf)
+
+
+def _verify_as_a_court(browser: Browser, served: Served, capture_id: str, manifest_sha256: str,
+                       folder: Path) -> None:
+    court, problems = _page(browser, served)  # nobody signed in
+    court.goto(f"{served.base}/#/verify?sha256={manifest_sha256}")  # the report's QR code
+    expect(court.locator("#digest-result")).to_contain_text("已登记", timeout=30_000)
+    expect(court.locator("#digest-result")).to_contain_text("包含证明已在本浏览器中验证")
+    _shot(court, "verify-qr-zh")
+
+    screenshot = served.client.get(f"/captures/{capture_id}/artifacts/tiles/2/screenshot-end.png",
+                                   headers=served.headers["wang"]).content
+    original = folder / "screenshot-end.png"
+    original.write_bytes(screenshot)
+    court.locator("#verify-file").set_input_files(str(original))
+    expect(court.locator("#file-result")).to_contain_text("已登记", timeout=60_000)
+    assert court.locator("#file-sha256").inner_text() == hashlib.sha256(screenshot).hexdigest()
+    changed = folder / "changed.png"
+    changed.write_bytes(screenshot[:-1] + bytes([screenshot[-1] ^ 1]))
+    court.locator("#verify-file").set_input_files(str(changed))
+    expect(court.locator("#file-result")).to_contain_text("未找到登记", timeout=60_000)
+    _shot(court, "verify-file-zh")
+
+    package = folder / f"{capture_id}.zip"
+    package.write_bytes(served.client.get(f"/captures/{capture_id}/export", headers=served.headers["wang"]).content)
+    court.get_by_role("button", name="English").click()
+    court.locator("#verify-package").set_input_files(str(package))
+    expect(court.locator("#package-verdict")).to_have_text(re.compile(r"^The package verifies \(\d+ checks\)$"),
+                                                          timeout=180_000)
+    _shot(court, "verify-package-en")
+    _no_console_errors(problems)

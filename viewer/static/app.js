@@ -1,76 +1,10 @@
 // The viewer: a few pages over the custody service's HTTP API (/api/v1). Everything from the server is put on the
 // page as text (never as HTML), so a case title or a URL can never run as script.
 
+import { API, ApiError, TOKEN, api, field, h, onSignedOut, say, table } from "/viewer/common.js";
+import { evidenceView, reportPage } from "/viewer/evidence.js";
 import { formatTime, language, setLanguage, t } from "/viewer/i18n.js";
-
-const API = "/api/v1";
-const TOKEN = "wz-token"; // kept for this browser tab only
-
-// -- the API -------------------------------------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, detail) {
-    super(detail);
-    this.status = status;
-  }
-}
-
-async function api(path, { method = "GET", json, form } = {}) {
-  const headers = { Accept: "application/json" };
-  const token = sessionStorage.getItem(TOKEN);
-  if (token) headers.Authorization = `Bearer ${token}`;
-  let body;
-  if (json !== undefined) {
-    headers["Content-Type"] = "application/json";
-    body = JSON.stringify(json);
-  } else if (form !== undefined) {
-    body = new URLSearchParams(form);
-  }
-  const answer = await fetch(API + path, { method, headers, body });
-  if (answer.status === 401 && path !== "/auth/token") {
-    sessionStorage.removeItem(TOKEN);
-    me = null;
-    go("#/signin");
-    throw new ApiError(401, "signed out");
-  }
-  if (!answer.ok) {
-    let detail = answer.statusText;
-    try {
-      const problem = await answer.json();
-      detail = problem.detail || problem.title || detail;
-    } catch {
-      // not a problem document: keep the status text
-    }
-    throw new ApiError(answer.status, typeof detail === "string" ? detail : JSON.stringify(detail));
-  }
-  return answer.status === 204 ? null : answer.json();
-}
-
-// -- building the page ---------------------------------------------------------------------------------------
-
-function h(tag, attributes = {}, ...children) {
-  const element = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === false || value === null || value === undefined) continue;
-    if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
-    else element.setAttribute(name, value === true ? "" : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return element;
-}
-
-function field(labelKey, input) {
-  const id = input.id || `f-${labelKey.replace(/\W/g, "-")}`;
-  input.id = id;
-  return h("div", { class: "field" }, h("label", { for: id }, t(labelKey)), input);
-}
-
-function say(message) {
-  document.getElementById("status").textContent = message;
-}
+import { verifyPage } from "/viewer/verify.js";
 
 let shownRoute = 0; // bumped by every route(): a page still loading when another was opened must not draw
 
@@ -78,16 +12,17 @@ function current(ticket) {
   return ticket === shownRoute;
 }
 
-function show(...content) {
-  const main = document.getElementById("app");
-  main.replaceChildren(...content);
+function main() {
+  return document.getElementById("app");
 }
 
-function table(captionKey, headKeys, rows) {
-  return h("table", {},
-    h("caption", { class: "visually-hidden" }, t(captionKey)),
-    h("thead", {}, h("tr", {}, headKeys.map((key) => h("th", { scope: "col" }, t(key))))),
-    h("tbody", {}, rows));
+// Parts may come as nested lists, with null for what a page leaves out.
+function flatParts(content) {
+  return content.flat(Infinity).filter((part) => part !== null && part !== undefined && part !== false);
+}
+
+function show(...content) {
+  main().replaceChildren(...flatParts(content));
 }
 
 // -- who is signed in ----------------------------------------------------------------------------------------
@@ -108,13 +43,14 @@ function drawBar() {
   }
   const nav = document.getElementById("nav");
   const who = document.getElementById("who");
+  const verifyLink = h("a", { href: "#/verify" }, t("nav.verify"));
   if (me) {
-    nav.replaceChildren(h("a", { href: "#/cases" }, t("nav.cases")));
+    nav.replaceChildren(h("a", { href: "#/cases" }, t("nav.cases")), verifyLink);
     who.replaceChildren(`${me.name} · ${t(`role.${me.role}`)} `,
       h("button", { type: "button", class: "link", onclick: signOut }, t("nav.signout")));
   } else {
-    nav.replaceChildren();
-    who.replaceChildren();
+    nav.replaceChildren(verifyLink);
+    who.replaceChildren(location.hash === "#/signin" ? "" : h("a", { href: "#/signin" }, t("signin.title")));
   }
 }
 
@@ -381,14 +317,19 @@ async function capturePage(captureId, ticket) {
         : []].flat());
     const progress = capture.progress || {};
     live.replaceChildren(
-      h("p", { id: "capture-progress" }, [progress.phase ? `${t("cap.phase")}: ${progress.phase}` : "",
+      h("p", { id: "capture-progress" }, [progress.phase ? `${t("cap.phase")}: ${t(`phase.${progress.phase}`, {},
+        progress.phase)}` : "",
         t("cap.seconds", { seconds: progress.seconds_recorded ?? 0 }),
         t("cap.segments", { count: progress.segments_chained ?? 0 })].filter(Boolean).join(" · ")));
-    const tileRows = (progress.tiles && progress.tiles.length ? progress.tiles
-      : capture.urls.map((url, index) => ({ tile: index + 1, url, status: "", reason: "" })));
+    // Once the capture ended, its manifest summary holds each tile's final state; before, the live progress does.
+    const summaryTiles = capture.summary && capture.summary.tiles;
+    const tileRows = summaryTiles && summaryTiles.length ? summaryTiles
+      : progress.tiles && progress.tiles.length ? progress.tiles
+        : capture.urls.map((url, index) => ({ tile: index + 1, url, status: "", reason: "" }));
     tiles.replaceChildren(...tileRows.map((tile) => h("tr", {},
       h("td", {}, String(tile.tile)), h("td", { class: "wrap urls" }, tile.url),
-      h("td", {}, [tile.status, tile.reason].filter(Boolean).join(": ")))));
+      h("td", {}, tile.status ? h("span", { class: `badge tile-${tile.status}` }, t(`tile.${tile.status}`, {},
+        tile.status)) : "—", tile.reason ? h("div", { class: "wrap muted" }, tile.reason) : null))));
     const active = !FINAL.has(capture.state);
     const parts = [];
     if (active && found.your_role === "investigator") {
@@ -435,6 +376,7 @@ async function capturePage(captureId, ticket) {
 
   let refetching = false;
   let again = false;
+  let afterRefetch = () => {};
   const refetch = async () => {
     if (refetching) {
       again = true; // asked while a read is under way: read once more after it, so the last state is shown
@@ -447,6 +389,7 @@ async function capturePage(captureId, ticket) {
         capture = await api(path);
         if (controller.signal.aborted) return;
         draw();
+        afterRefetch();
       } while (again);
     } catch {
       // the next event or tick reads again
@@ -460,14 +403,31 @@ async function capturePage(captureId, ticket) {
     h("p", {}, h("a", { href: `#/cases/${encodeURIComponent(found.id)}` }, `← ${t("cap.back")}`)),
     h("h1", {}, t("cap.title", { id: capture.id })),
     facts, buttons,
-    h("h2", {}, t("cap.preview")), preview, noPreview,
+    FINAL.has(capture.state) ? null : [h("h2", {}, t("cap.preview")), preview, noPreview],
     live,
     h("h2", {}, t("cap.tiles")),
     h("table", {}, h("thead", {}, h("tr", {}, ["cap.tile", "cap.tile_url", "cap.tile_state"].map((key) =>
       h("th", { scope: "col" }, t(key))))), tiles),
-    h("h2", {}, t("cap.events")), log,
+    FINAL.has(capture.state) ? null : [h("h2", {}, t("cap.events")), log],
   );
-  if (FINAL.has(capture.state) || !current(ticket)) return;
+  const evidence = h("div", { class: "evidence" });
+  main().append(evidence);
+  const showEvidence = async () => {
+    if (!capture.manifest_sha256 || evidence.dataset.shown) return;
+    evidence.dataset.shown = "yes";
+    try {
+      const shown = await evidenceView(capture, found, onLeave);
+      if (current(ticket)) evidence.replaceChildren(...flatParts(shown));
+    } catch (error) {
+      if (current(ticket)) evidence.replaceChildren(h("p", { class: "problem", role: "alert" },
+        t("error.generic", { detail: error.message })));
+    }
+  };
+  if (FINAL.has(capture.state)) {
+    await showEvidence();
+    return;
+  }
+  if (!current(ticket)) return;
   timer = setInterval(() => { refreshPreview(); refetch(); }, 3000);
   refreshPreview();
   onLeave(() => {
@@ -482,6 +442,16 @@ async function capturePage(captureId, ticket) {
     refetch();
     if (event.event === "end") clearInterval(timer);
   }, controller.signal);
+  afterRefetch = () => {
+    if (FINAL.has(capture.state)) showEvidence();
+  };
+}
+
+async function showReport(captureId, ticket) {
+  const capture = await api(`/captures/${encodeURIComponent(captureId)}`);
+  const found = await api(`/cases/${encodeURIComponent(capture.case_id)}`);
+  const page = await reportPage(captureId, found);
+  if (current(ticket)) show(...page);
 }
 
 // -- routing ---------------------------------------------------------------------------------------------------
@@ -500,15 +470,23 @@ async function route() {
   try {
     if (hash !== "#/signin") await whoAmI();
     drawBar();
+    // The check for courts needs no sign-in: a QR code on a printed report opens it.
+    const verifyMatch = hash.match(/^#\/verify(?:\?(.*))?$/);
+    if (verifyMatch) {
+      show(...verifyPage(new URLSearchParams(verifyMatch[1] || "")));
+      return;
+    }
     if (hash === "#/signin" || !me) {
       if (hash !== "#/signin") return go("#/signin");
       return signInPage();
     }
     const caseMatch = hash.match(/^#\/cases\/([^/]+)$/);
     const captureMatch = hash.match(/^#\/captures\/([^/]+)$/);
+    const reportMatch = hash.match(/^#\/captures\/([^/]+)\/report$/);
     if (hash === "#/cases") await casesPage(ticket);
     else if (caseMatch) await casePage(decodeURIComponent(caseMatch[1]), ticket);
     else if (captureMatch) await capturePage(decodeURIComponent(captureMatch[1]), ticket);
+    else if (reportMatch) await showReport(decodeURIComponent(reportMatch[1]), ticket);
     else show(h("h1", {}, t("error.not_found")));
   } catch (error) {
     if (!current(ticket) || (error instanceof ApiError && error.status === 401)) return;
@@ -523,6 +501,11 @@ for (const button of document.querySelectorAll("[data-lang]")) {
     route();
   });
 }
+onSignedOut(() => {
+  me = null;
+  if (location.hash.startsWith("#/verify")) drawBar(); // the check for courts goes on without a sign-in
+  else go("#/signin");
+});
 window.addEventListener("hashchange", route);
 setLanguage(language());
 route();
