@@ -27,6 +27,7 @@ from evidence.files import write_atomic
 ISSUER = "wangzheng"
 MEDIA_AUDIENCE = "wangzheng-media"
 MEDIA_TICKET_MINUTES = 120  # long enough to watch a long capture; a player asks for a new one when it lapses
+TICKET_SCOPES = ("read", "export")
 ALGORITHM = "HS256"
 TOKEN_PREFIX = "wzt_"  # noqa: S105 - the prefix that marks an API token, not a secret
 SCOPES = ("read", "capture", "export", "verify", "admin")
@@ -123,8 +124,10 @@ def issue_media_ticket(key: str, principal: Principal, capture_id: str,
                        minutes: int = MEDIA_TICKET_MINUTES) -> tuple[str, datetime]:
     now = datetime.now(UTC)
     expires = now + timedelta(minutes=minutes)
+    # Only what reading files needs: to read, and to take the package where the caller may.
+    scopes = [scope for scope in principal.scopes if scope in TICKET_SCOPES]
     ticket = jwt.encode({"iss": ISSUER, "aud": MEDIA_AUDIENCE, "sub": str(principal.user_id), "cap": capture_id,
-                         "tok": principal.token_id, "scp": list(principal.scopes), "iat": now, "exp": expires,
+                         "tok": principal.token_id, "scp": scopes, "iat": now, "exp": expires,
                          "jti": secrets.token_hex(8)}, key, algorithm=ALGORITHM)
     return ticket, expires
 

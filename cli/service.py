@@ -130,6 +130,21 @@ class LocalWorker:
                 print("wz: the worker goes on finishing in the background", file=sys.stderr)
 
 
+def _with_public_url(settings: Settings, host: str, port: int) -> Settings:
+    """The address reports' QR codes open: WZ_PUBLIC_URL, else the one address the service listens on. A service
+    on every address (0.0.0.0) does not know which one people use; its reports wait for WZ_PUBLIC_URL."""
+    if settings.public_url:
+        return settings
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return settings.model_copy(update={"public_url": f"http://{host}:{port}/"})  # a host name
+    if address.is_unspecified:
+        return settings
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return settings.model_copy(update={"public_url": f"http://{shown}:{port}/"})
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -141,6 +156,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.tiles <= 9:
         raise UsageError(f"--tiles must be 1 to 9, not {args.tiles}")
     secret = secret_key(settings, loopback=_is_loopback(args.host))
+    settings = _with_public_url(settings, args.host, args.port)
     app = create_app(settings, secret=secret)
     viewer.mount(app)
     print(f"wz: the custody service listens on http://{args.host}:{args.port}/ (the viewer; the API under /api/v1, "

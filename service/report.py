@@ -13,7 +13,7 @@ knows it), and entered in the custody record.
 from __future__ import annotations
 
 import base64
-import hashlib
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -32,9 +32,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from playwright.sync_api import sync_playwright
 from sqlalchemy import Engine, insert, select
 
-from evidence import CustodyAction, EvidenceError, Manifest, PreservationRecord, Settings
+from evidence import CustodyAction, EvidenceError, Manifest, PreservationRecord, Settings, SignatureInvalid
 from evidence.model import Checkpoint, CustodyEntry
 from hashing import digest_file
+from hashing.signing import verify_detached
 from preservation.record import object_key
 from preservation.services import Services
 from service.db import captures, case_members, cases, evidence_files, users
@@ -86,6 +87,8 @@ def _index_row(engine: Engine, capture_id: str, path: str) -> Any:
                                                         evidence_files.c.path == path)).first()
     if row is None or row.version_id is None:
         raise ReportError(f"{capture_id}/{path} is not in the store yet; make the report once the capture is stored")
+    if row.object_key != object_key(capture_id, path):  # an index row pointed at another capture's object
+        raise ReportError(f"the index names {row.object_key} for {capture_id}/{path}; run `wz verify` on this capture")
     return row
 
 
@@ -171,7 +174,17 @@ def gather(engine: Engine, services: Services, capture_id: str, *,
         if manifest_row.sha256 != capture.manifest_sha256:
             raise ReportError("the evidence index and the capture disagree on the manifest's digest; run `wz verify`")
         manifest_file = _fetch_checked(services, manifest_row, folder / "manifest.json")
+        signature = _fetch_checked(services, _index_row(engine, capture_id, "manifest.p7s"), folder / "manifest.p7s")
+        try:  # signed by this node: the database alone cannot make a manifest the report would state
+            verify_detached(manifest_file, signature.read_bytes(), [services.pki.ca_certificate()])
+        except SignatureInvalid as exc:
+            raise ReportError(f"the manifest's signature does not verify: {exc}; run `wz verify`") from exc
         manifest = Manifest.model_validate_json(manifest_file.read_bytes())
+        if manifest.capture_id != capture_id or record.capture_id != capture_id or \
+                record.manifest.sha256 != manifest_row.sha256 or \
+                any(t.message_imprint != manifest_row.sha256 for t in record.timestamps):
+            raise ReportError(f"the stored manifest, its preservation record and capture {capture_id} do not agree; "
+                              "run `wz verify`")
         kept, still_at, still_problem = stills if stills is not None else ([], None, "")
         composite = next((a for a in manifest.artifacts if a.role.value == "composite"), None)
         if composite is not None and stills is None:
@@ -282,10 +295,9 @@ def generate_report(engine: Engine, services: Services, capture_id: str, *, acto
     settings = services.settings
     facts = gather(engine, services, capture_id)
     generated_at = datetime.now(UTC)
-    html = report_html(facts, base_url=settings.public_url or base_url, generated_by=actor,
-                       generated_at=generated_at)
-    tag = hashlib.sha256(html.encode()).hexdigest()[:8]
-    relative = f"{REPORTS_FOLDER}/report-{generated_at:%Y%m%dT%H%M%S}-{tag}.pdf"
+    html = report_html(facts, base_url=base_url, generated_by=actor, generated_at=generated_at)
+    # Random, not derived from the page: two reports asked for in the same second must not share a key.
+    relative = f"{REPORTS_FOLDER}/report-{generated_at:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.pdf"
     with _scratch(settings) as folder:
         pdf = render_pdf(settings, html, folder / "report.pdf")
         size, digests = digest_file(pdf)

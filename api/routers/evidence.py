@@ -30,7 +30,7 @@ from api.context import Context
 from api.deps import CaptureAccess, ContextDep, require_capture_file_role, require_capture_role
 from api.models import MediaTicketPublic
 from api.routers.captures import throttle
-from api.security import issue_media_ticket
+from api.security import MEDIA_TICKET_MINUTES, issue_media_ticket
 from evidence import CustodyAction, EvidenceError, PreservationRecord
 from evidence.files import write_atomic
 from evidence.layout import MANIFEST, PRESERVATION, has_preservation
@@ -46,6 +46,9 @@ ReadEvidence = Annotated[CaptureAccess, Depends(require_capture_file_role(*MEMBE
 ReadCapture = Annotated[CaptureAccess, Depends(require_capture_role(*MEMBERS))]
 ArtifactPath = Annotated[str, PathParam(max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$",
                                         description="the artifact's path in the manifest")]
+
+
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 
 class DownloadCutOff(RuntimeError):
@@ -136,7 +139,13 @@ def _serve(ctx: Context, access: CaptureAccess, row: Any, range_header: str | No
            if_none_match: str | None) -> Response:
     headers = _digest_headers(row)
     name = Path(row.path).name.replace('"', "")
-    headers["Content-Disposition"] = f'inline; filename="{name}"'
+    # A captured page's own HTML (or SVG, or anything else that can run script) must never render as a page of
+    # this origin, where it could read a media ticket from its URL: only pictures, video and sound open inline,
+    # and every answer is a sandbox with no referrer to leak.
+    inline = row.media_type in INLINE_TYPES or row.media_type.startswith(("video/", "audio/"))
+    headers["Content-Disposition"] = f'{"inline" if inline else "attachment"}; filename="{name}"'
+    headers["Content-Security-Policy"] = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'"
+    headers["Referrer-Policy"] = "no-referrer"
     actor = access.principal.actor
     if if_none_match is not None and f'"{row.sha256}"' in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
@@ -163,7 +172,10 @@ def _serve(ctx: Context, access: CaptureAccess, row: Any, range_header: str | No
              summary="A ticket for this capture's files in a URL (?ticket=), for a video player, an image or a "
                      "download link, which cannot send the Authorization header")
 async def media_ticket(ctx: ContextDep, access: ReadCapture) -> MediaTicketPublic:
-    ticket, expires = issue_media_ticket(ctx.secret, access.principal, access.capture.id)
+    # A signed-in user's ticket lapses with their sign-in; a script's lasts as long as a long video needs.
+    minutes = MEDIA_TICKET_MINUTES if access.principal.token_id else min(MEDIA_TICKET_MINUTES,
+                                                                         ctx.settings.access_token_minutes)
+    ticket, expires = issue_media_ticket(ctx.secret, access.principal, access.capture.id, minutes)
     return MediaTicketPublic(ticket=ticket, capture_id=access.capture.id, expires_at=expires)
 
 

@@ -8,11 +8,11 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
-from api.context import Context
+from api.context import Context, RateLimiter
 from api.deps import CaptureAccess, ContextDep, require_capture_file_role, require_capture_role
 from api.models import ReportPublic
 from api.routers.captures import throttle
@@ -28,6 +28,7 @@ ReadReport = Annotated[CaptureAccess, Depends(require_capture_file_role(*MEMBERS
 ListReports = Annotated[CaptureAccess, Depends(require_capture_role(*MEMBERS))]
 PAGE_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'; base-uri 'none'"
 STILLS_KEPT = 16
+REPORTS_PER_MINUTE = 6
 
 
 class StillCache:
@@ -53,6 +54,14 @@ class StillCache:
                 self._kept.popitem(last=False)
 
 
+def _made_recently(ctx: Context) -> RateLimiter:
+    found = ctx.extra.get("reports_made")
+    if not isinstance(found, RateLimiter):
+        found = RateLimiter(REPORTS_PER_MINUTE)
+        ctx.extra["reports_made"] = found
+    return found
+
+
 def _stills(ctx: Context) -> StillCache:
     found = ctx.extra.get("report_stills")
     if not isinstance(found, StillCache):
@@ -61,18 +70,23 @@ def _stills(ctx: Context) -> StillCache:
     return found
 
 
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+def _public_url(ctx: Context) -> str:
+    """Where the QR code sends a court: configured, never taken from a request's Host header, which the caller
+    chooses (a report whose QR code opens a look-alike site would be signed, stored and registered)."""
+    if not ctx.settings.public_url:
+        raise HTTPException(409, "the service does not know its own address: set WZ_PUBLIC_URL (where people reach "
+                                 "the viewer, e.g. https://evidence.example.gov.cn/) so the report's QR code opens "
+                                 "its hash check there")
+    return ctx.settings.public_url
 
 
-def _page(ctx: Context, capture_id: str, actor: str, base_url: str) -> str:
+def _page(ctx: Context, capture_id: str, actor: str) -> str:
     cache = _stills(ctx)
     kept = cache.get(capture_id)
     facts = gather(ctx.engine, ctx.services, capture_id, stills=kept)
     if kept is None:
         cache.put(capture_id, facts.stills, facts.still_at, facts.still_problem)
-    return report_html(facts, base_url=ctx.settings.public_url or base_url, generated_by=actor,
-                       generated_at=datetime.now(UTC))
+    return report_html(facts, base_url=_public_url(ctx), generated_by=actor, generated_at=datetime.now(UTC))
 
 
 def _answer(row: Any) -> ReportPublic:
@@ -82,12 +96,12 @@ def _answer(row: Any) -> ReportPublic:
 
 @router.get("/captures/{capture_id}/report.html", response_class=HTMLResponse,
             summary="The evidence report as a printable page (no script; print it, or make the registered PDF)")
-async def report_page(request: Request, ctx: ContextDep, access: ReadReport) -> HTMLResponse:
+async def report_page(ctx: ContextDep, access: ReadReport) -> HTMLResponse:
     capture = access.capture
     if capture.record is None:
         raise HTTPException(409, f"the capture is {capture.state}; a report is made once it is preserved")
     try:
-        html = await run_in_threadpool(_page, ctx, capture.id, access.principal.actor, _base_url(request))
+        html = await run_in_threadpool(_page, ctx, capture.id, access.principal.actor)
     except ReportError as exc:
         raise HTTPException(409, str(exc)) from exc
     count = throttle(ctx).due(access.principal.actor, capture.id, "report")
@@ -101,13 +115,17 @@ async def report_page(request: Request, ctx: ContextDep, access: ReadReport) -> 
 @router.post("/captures/{capture_id}/report", response_model=ReportPublic, status_code=201,
              summary="Make the evidence report PDF (Chromium's print of the page) and register it: stored (WORM), "
                      "indexed by SHA-256 and SM3, entered in the custody record; download it as an artifact")
-async def make_report(request: Request, ctx: ContextDep, access: MakeReport) -> ReportPublic:
+async def make_report(ctx: ContextDep, access: MakeReport) -> ReportPublic:
     capture = access.capture
+    wait = _made_recently(ctx).retry_after(access.principal.actor)
+    if wait:
+        raise HTTPException(429, f"at most {REPORTS_PER_MINUTE} reports a minute from one user (each is kept for "
+                                 "years in locked storage); try again later", headers={"Retry-After": str(wait)})
     if capture.record is None:
         raise HTTPException(409, f"the capture is {capture.state}; a report is made once it is preserved")
     try:
         made = await run_in_threadpool(generate_report, ctx.engine, ctx.services, capture.id,
-                                       actor=access.principal.actor, base_url=_base_url(request))
+                                       actor=access.principal.actor, base_url=_public_url(ctx))
     except ReportError as exc:
         raise HTTPException(409, str(exc)) from exc
     return ReportPublic(path=made.path, size=made.size, sha256=made.sha256, sm3=made.sm3, version_id=made.version_id,

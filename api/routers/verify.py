@@ -60,9 +60,14 @@ def verify_hash(body: HashQuery, request: Request, ctx: ContextDep,
     digest = (body.sha256 or body.sm3 or "").lower()
     column = evidence_files.c.sha256 if body.sha256 else evidence_files.c.sm3
     with ctx.engine.connect() as conn:
-        rows = list(conn.execute(select(evidence_files).where(or_(column == digest)).limit(20)))
-    checkpoint = _checkpoint(ctx, max((r.custody_seq or 0 for r in rows), default=0)) if rows else None
-    matches = [_match(ctx, row, checkpoint.tree_size if checkpoint else None) for row in rows]
+        found = list(conn.execute(select(evidence_files).where(or_(column == digest)).limit(20)))
+    # The index is a convenience; the custody ledger is the record. A row counts only when the entry that
+    # registered it names this very file, so a row written into the index alone registers nothing.
+    registered = [(row, seq) for row in found
+                  if (seq := _registering_entry(ctx, row)) is not None]
+    rows = [row for row, _seq in registered]
+    checkpoint = _checkpoint(ctx, max((seq for _row, seq in registered), default=0)) if rows else None
+    matches = [_match(ctx, row, seq, checkpoint.tree_size if checkpoint else None) for row, seq in registered]
     ctx.record(_actor(principal, client), CustodyAction.HASH_LOOKUP, "hash-check",
                {"algorithm": "sha256" if body.sha256 else "sm3", "digest": digest, "found": len(matches),
                 "captures": sorted({m.capture_id for m in matches})})
@@ -142,13 +147,37 @@ def _registering_seq(ctx: ContextDep, capture_id: str, path: str, tree_size: int
     return None
 
 
-def _match(ctx: ContextDep, row: Any, tree_size: int | None) -> HashMatch:
+ENTRY_NAMES_KEPT = 100_000
+
+
+def _registering_entry(ctx: ContextDep, row: Any) -> int | None:
+    """The seq of the custody entry that registered this index row, if that entry is about its capture and names
+    its digests (a stored object's, the manifest's, a report's); None when the ledger does not back the row."""
     capture_id, path = str(row.capture_id), str(row.path)
+    seq = row.custody_seq if row.custody_seq is not None else \
+        _registering_seq(ctx, capture_id, path, ctx.services.ledger.size())
+    if seq is None:
+        return None
+    names: dict[int, tuple[str, str, str]] = ctx.extra.setdefault("entry_names", {})
+    named = names.get(seq)
+    if named is None:  # entries never change: each is read once
+        entries = ctx.services.ledger.entries(start=seq, end=seq)
+        if not entries:
+            return None
+        details = entries[0].details
+        named = (entries[0].subject, str(details.get("sha256") or details.get("manifest_sha256") or ""),
+                 str(details.get("sm3") or details.get("manifest_sm3") or ""))
+        if len(names) > ENTRY_NAMES_KEPT:
+            names.clear()
+        names[seq] = named
+    return seq if named == (capture_id, row.sha256, row.sm3) else None
+
+
+def _match(ctx: ContextDep, row: Any, seq: int, tree_size: int | None) -> HashMatch:
+    capture_id = str(row.capture_id)
     proof = None
-    if tree_size is not None:
-        seq = row.custody_seq if row.custody_seq is not None else _registering_seq(ctx, capture_id, path, tree_size)
-        if seq is not None and seq <= tree_size:
-            proof = _inclusion(ctx, seq, tree_size)
+    if tree_size is not None and seq <= tree_size:
+        proof = _inclusion(ctx, seq, tree_size)
     return HashMatch(capture_id=capture_id, role=str(row.role), acquired_at=row.acquired_at,
                      timestamps=_timestamps(ctx, capture_id), custody_proof=proof)
 

@@ -57,7 +57,7 @@ def service_settings(data_dir: Path, database_url: str, endpoint: S3Endpoint, **
         "data_dir": data_dir, "database_url": database_url, "s3_endpoint": endpoint.endpoint,
         "s3_access_key": endpoint.access_key, "s3_secret_key": endpoint.secret_key, "s3_bucket": bucket,
         "retention_days": 1, "capture_allow_private": True, "ntp_timeout_seconds": 1, "actor": "wz-test",
-        "tsa_urls": "", "secret_key": "",
+        "tsa_urls": "", "secret_key": "", "public_url": "http://127.0.0.1:8000/",
     }
     return Settings(**(values | overrides))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jwt
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
@@ -246,3 +247,55 @@ def test_the_preservation_record_lists_the_timestamp_tokens(service: Service) ->
     granted = [t for t in record["timestamps"] if t["status"] == "granted"]
     assert granted and granted[0]["local_tsa"] is True and granted[0]["serial_number"] is not None
     assert record["manifest"]["sha256"] == service.get(f"/captures/{capture_id}", "wang").json()["manifest_sha256"]
+
+
+def test_a_captured_pages_html_never_renders_on_the_services_origin(service: Service) -> None:
+    """A media ticket rides in the URL, so a captured page's own HTML opened from the viewer must not run as a
+    page of this origin (it could read the ticket): it downloads, in a sandbox, with no referrer."""
+    case_id = case_with(service)
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    ticket = service.post(f"/captures/{capture_id}/media-ticket", "wang").json()["ticket"]
+    with service.ctx.engine.begin() as conn:  # as a captured page's DOM is indexed
+        conn.execute(update(evidence_files).where(evidence_files.c.capture_id == capture_id,
+                                                  evidence_files.c.path == "tiles/1/page.json")
+                     .values(media_type="text/html; charset=utf-8"))
+    html = "tiles/1/page.json"
+    page = service.get(f"/captures/{capture_id}/artifacts/{html}", params={"ticket": ticket})
+    assert page.status_code == 200
+    assert page.headers["content-disposition"].startswith("attachment;")
+    assert page.headers["content-security-policy"].startswith("sandbox;")
+    assert page.headers["referrer-policy"] == "no-referrer"
+    video = service.get(f"/captures/{capture_id}/artifacts/composite.mp4", params={"ticket": ticket},
+                        headers={"Range": "bytes=0-99"})
+    assert video.headers["content-disposition"].startswith("inline;")  # a player still plays it
+
+
+def test_a_ticket_carries_only_what_reading_files_needs(service: Service) -> None:
+    case_id = case_with(service)
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    ticket = service.post(f"/captures/{capture_id}/media-ticket", "wang").json()
+    claims = jwt.decode(ticket["ticket"], options={"verify_signature": False})
+    assert sorted(claims["scp"]) == ["export", "read"]
+    lasts = datetime.fromisoformat(ticket["expires_at"]) - datetime.now(UTC)
+    assert lasts.total_seconds() <= service.settings.access_token_minutes * 60 + 5  # no longer than a sign-in
+
+
+def test_an_index_row_the_ledger_does_not_back_registers_nothing(service: Service) -> None:
+    """A forger who can write the evidence index (not the append-only ledger) adds a row for a file of their own
+    and points it at a genuine custody entry: the hash check must not call that file registered."""
+    case_id = case_with(service)
+    capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+    with service.ctx.engine.begin() as conn:
+        genuine = conn.execute(select(evidence_files).where(evidence_files.c.capture_id == capture_id,
+                                                            evidence_files.c.path == "composite.mp4")).one()
+        conn.execute(evidence_files.insert().values(
+            sha256="ab" * 32, sm3="cd" * 32, size=5, capture_id=capture_id, path="forged.mp4", role="composite",
+            media_type="video/mp4", acquired_at=genuine.acquired_at, bucket=genuine.bucket,
+            object_key=genuine.object_key, version_id=genuine.version_id, custody_seq=genuine.custody_seq))
+        conn.execute(evidence_files.insert().values(
+            sha256="ef" * 32, sm3="01" * 32, size=5, capture_id=capture_id, path="orphan.mp4", role="composite",
+            media_type="video/mp4", acquired_at=genuine.acquired_at, custody_seq=None))
+    for body in ({"sha256": "ab" * 32}, {"sm3": "cd" * 32}, {"sha256": "ef" * 32}):
+        answer = service.post("/verify/hash", json=body).json()
+        assert answer["registered"] is False and answer["matches"] == [], (body, answer)
+    assert service.post("/verify/hash", json={"sha256": genuine.sha256}).json()["registered"] is True

@@ -101,3 +101,31 @@ def test_no_report_from_bytes_that_do_not_check(service: Service) -> None:
     assert service.get(f"/captures/{capture_id}/reports", "wang").json() == []
     assert not [e for e in service.ctx.services.ledger.entries(subject=capture_id)
                 if e.action.value == "report-generated"]
+
+
+def test_the_qr_code_never_comes_from_the_callers_host_header(tmp_path: Path, s3_server: S3Endpoint) -> None:
+    for service in open_service(tmp_path / "data", s3_server, public_url=""):
+        case_id = case_with(service)
+        capture_id = preserved_capture(service, case_id, user_id(service, "wang"))
+        spoofed = {"Host": "verify-wangzheng.example"}
+        for answer in (service.post(f"/captures/{capture_id}/report", "wang", headers=spoofed),
+                       service.get(f"/captures/{capture_id}/report.html", "wang", headers=spoofed)):
+            assert answer.status_code == 409 and "WZ_PUBLIC_URL" in answer.json()["detail"]
+        assert "verify-wangzheng" not in service.get(f"/captures/{capture_id}/reports", "wang").text
+
+
+def test_no_report_of_another_captures_manifest(service: Service) -> None:
+    """The index row of one capture's manifest pointed at another capture's (genuine, signed) manifest: the
+    report would state the other capture's pages under this one's id. Refused."""
+    case_id = case_with(service)
+    wang = user_id(service, "wang")
+    first, second = preserved_capture(service, case_id, wang), preserved_capture(service, case_id, wang)
+    with service.ctx.engine.begin() as conn:
+        other = conn.execute(select(evidence_files).where(evidence_files.c.capture_id == second,
+                                                          evidence_files.c.path == "manifest.json")).one()
+        conn.execute(update(evidence_files).where(evidence_files.c.capture_id == first,
+                                                  evidence_files.c.path == "manifest.json")
+                     .values(sha256=other.sha256, sm3=other.sm3, size=other.size, object_key=other.object_key,
+                             version_id=other.version_id))
+    refused = service.post(f"/captures/{first}/report", "wang")
+    assert refused.status_code == 409, refused.text

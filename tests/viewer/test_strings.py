@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from evidence import CustodyAction
-from evidence.model import ArtifactRole, TileStatus
+from evidence.model import ArtifactRole, StepName, StepOutcome, TileStatus
 from viewer import STATIC_DIR
 
 STATES = ("lead", "opened", "closed")
@@ -47,6 +47,7 @@ def test_every_string_the_viewer_asks_for_is_translated() -> None:
     used |= {f"phase.{p}" for p in PHASES} | {f"mark.kind.{k}" for k in MARK_KINDS}
     used |= {f"action.{a.value}" for a in CustodyAction} | {f"tile.{s.value}" for s in TileStatus}
     used |= {f"artifact.{r.value}" for r in ArtifactRole} | {"artifact.report"}
+    used |= {f"step.{s.value}" for s in StepName} | {f"outcome.{o.value}" for o in StepOutcome}
     assert len(used) > 100, "the patterns no longer find the viewer's strings"
     assert used <= keys, sorted(used - keys)
 

@@ -5,6 +5,7 @@ under tests/viewer/screenshots/ (named in the README) for a person to look at.""
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -174,3 +175,42 @@ def test_a_hostile_title_is_text_and_unknown_api_paths_stay_problems(browser: Br
         assert "text/html" in index.headers["content-type"]
         page_text = index.read().decode()
     assert "https://" not in page_text and "http://" not in page_text, "nothing is fetched from the internet"
+
+
+def test_the_browser_checks_a_custody_proof_and_refuses_forged_ones(browser: Browser, served: Served) -> None:
+    """The check for courts computes the RFC 9162 inclusion proof in the page: a genuine proof from the log
+    holds; a leaf outside the tree, a changed path, a wrong root and hashes that are not hashes do not."""
+    served.add_user("proof-maker", "investigator")
+    for number in range(33):  # a checkpoint is signed every 32 entries: entries enough for one
+        assert served.client.post("/cases", headers=served.headers["proof-maker"],
+                                  json={"title": f"proof {number}"}).status_code == 201
+    size = 0
+    for _ in range(60):
+        size = served.client.get("/log/checkpoint").json()["tree_size"]
+        if size >= 2:
+            break
+        time.sleep(1)
+    assert size >= 2, "no checkpoint over two entries"
+    proof = served.client.get(f"/log/proof/inclusion?index=2&tree_size={size}").json()
+    page, problems = _page(browser, served)
+    page.goto(served.base + "/#/verify")
+    expect(page.get_by_role("heading", name="核验电子证据")).to_be_visible()
+    flip = "0" if proof["root"][0] != "0" else "1"
+    forged = {
+        "genuine": proof,
+        "leaf outside the tree": proof | {"leaf_index": size},
+        "index far outside": proof | {"leaf_index": size + 7},
+        "another root": proof | {"root": flip + proof["root"][1:]},
+        "a path one node short": proof | {"path": proof["path"][:-1]} if proof["path"] else proof | {"tree_size": 0},
+        "not hexadecimal": proof | {"leaf_hash": "zz" * 32},
+        "too short": proof | {"root": proof["root"][:62]},
+    }
+    verdicts = page.evaluate("""async (proofs) => {
+      const { inclusionHolds } = await import("/viewer/verify.js");
+      const out = {};
+      for (const [name, proof] of Object.entries(proofs)) out[name] = await inclusionHolds(proof);
+      return out;
+    }""", forged)
+    assert verdicts.pop("genuine") is True
+    assert verdicts == dict.fromkeys(verdicts, False), verdicts
+    _no_console_errors(problems)

@@ -276,10 +276,33 @@ async function readEvents(captureId, onEvent, signal) {
   }
 }
 
+// The progress stream in the viewer's language: the server's kinds and states are translated; its free-text
+// message (in English) stays as the line's tooltip, and a reason (a page's own error) is shown as it came.
 function describeEvent(event) {
   const data = event.data || {};
-  return data.message || [data.kind || event.event, data.tile ? `#${data.tile}` : "", data.state || "",
-    data.step || ""].filter(Boolean).join(" ");
+  const state = (value) => t(`capture.${value}`, {}, value);
+  switch (data.kind || event.event) {
+    case "state":
+      return [t("ev.state", { state: state(data.state) }), data.reason || ""].filter(Boolean).join(": ");
+    case "progress":
+      if (data.phase === undefined) break;
+      return t("ev.progress", { phase: t(`phase.${data.phase}`, {}, data.phase),
+        seconds: Math.round(data.seconds_recorded ?? 0), segments: data.segments_chained ?? 0 });
+    case "step":
+      if (!data.step) break;
+      return t("ev.step", { step: t(`step.${data.step}`, {}, data.step),
+        outcome: data.outcome ? t(`outcome.${data.outcome}`, {}, data.outcome) : t("outcome.started") });
+    case "tile":
+      if (!data.tile || !data.tile_status) break;
+      return t("ev.tile", { tile: data.tile, status: t(`tile.${data.tile_status}`, {}, data.tile_status) });
+    case "done":
+      return t("ev.done", { state: state(data.status || "") });
+    case "end":
+      return t("ev.end", { state: state(data.state || "") });
+    default:
+      break;
+  }
+  return data.message || event.event;
 }
 
 async function capturePage(captureId, ticket) {
@@ -436,8 +459,8 @@ async function capturePage(captureId, ticket) {
     if (previewUrl) URL.revokeObjectURL(previewUrl);
   });
   readEvents(capture.id, (event) => {
-    log.prepend(h("li", {}, [event.data.at ? formatTime(event.data.at) : "", describeEvent(event)]
-      .filter(Boolean).join(" — ")));
+    log.prepend(h("li", { title: event.data.message || "" }, [event.data.at ? formatTime(event.data.at) : "",
+      describeEvent(event)].filter(Boolean).join(" — ")));
     while (log.children.length > 50) log.lastChild.remove();
     refetch();
     if (event.event === "end") clearInterval(timer);

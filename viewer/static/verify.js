@@ -21,8 +21,15 @@ async function nodeHash(left, right) {
   return new Uint8Array(await crypto.subtle.digest("SHA-256", joined));
 }
 
+// RFC 9162 2.1.3.2: does the audit path lead from the leaf to the root? null where Web Crypto is missing (a page
+// not served over https or from this computer). What it proves is bounded: the leaf and the root are the
+// server's; describeMatch compares the root with the newest signed checkpoint the log publishes.
 export async function inclusionHolds(proof) {
-  if (!globalThis.crypto || !crypto.subtle) return null; // not a secure context: say it was not checked here
+  if (!globalThis.crypto || !crypto.subtle) return null;
+  const hashes = [proof.leaf_hash, proof.root, ...proof.path];
+  if (!hashes.every((value) => HEX64.test(String(value)))) return false;
+  if (!Number.isSafeInteger(proof.leaf_index) || !Number.isSafeInteger(proof.tree_size) || proof.leaf_index < 0 ||
+      proof.leaf_index >= proof.tree_size) return false;
   let index = BigInt(proof.leaf_index);
   let last = BigInt(proof.tree_size) - 1n;
   let hash = fromHex(proof.leaf_hash);
@@ -45,6 +52,13 @@ export async function inclusionHolds(proof) {
   return last === 0n && toHex(hash) === proof.root.toLowerCase();
 }
 
+let published = null; // the log's newest signed checkpoint, read once per page
+
+async function publishedCheckpoint() {
+  if (!published) published = api("/log/checkpoint").catch(() => null);
+  return published;
+}
+
 // -- the answers, in plain words -------------------------------------------------------------------------------
 
 async function describeMatch(match) {
@@ -58,8 +72,15 @@ async function describeMatch(match) {
   const proof = match.custody_proof;
   if (proof) {
     const holds = await inclusionHolds(proof);
-    const key = holds === null ? "verify.proof_unchecked" : holds ? "verify.proof_ok" : "verify.proof_bad";
-    lines.push(h("p", { class: holds === false ? "problem" : "" }, t(key, { seq: proof.seq, size: proof.tree_size })));
+    const checkpoint = holds ? await publishedCheckpoint() : null;
+    const signedRoot = checkpoint && checkpoint.tree_size === proof.tree_size ? checkpoint.root_hash : null;
+    let key = "verify.proof_unchecked";
+    if (holds === false || (signedRoot && signedRoot !== proof.root)) key = "verify.proof_bad";
+    else if (holds && signedRoot) key = "verify.proof_ok";
+    else if (holds) key = "verify.proof_ok_unpublished";
+    lines.push(h("p", { class: key === "verify.proof_bad" ? "problem" : "" },
+      t(key, { seq: proof.seq, size: proof.tree_size })));
+    lines.push(h("p", { class: "muted" }, t("verify.proof_scope")));
   } else {
     lines.push(h("p", {}, t("verify.proof_none")));
   }
