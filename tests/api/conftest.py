@@ -7,6 +7,7 @@ unreachable these tests fail, they never skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -145,7 +146,8 @@ class Served:
     def start_worker(self, tiles: int = 4) -> subprocess.Popen[bytes]:
         log = self.log.with_name(f"worker-{len(self.workers)}.log").open("ab")
         process = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--tiles", str(tiles)],
-                                   env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                                   env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         self.workers.append(process)
         return process
 
@@ -169,6 +171,10 @@ def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    # Started in a session of its own: whatever it left behind (a local worker still finishing a recording whose
+    # database is about to be dropped) goes with it, rather than load the machine under the next tests.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def serve_process(data_dir: Path, endpoint: S3Endpoint, *args: str) -> Iterator[Served]:
@@ -180,7 +186,7 @@ def serve_process(data_dir: Path, endpoint: S3Endpoint, *args: str) -> Iterator[
     log = data_dir.parent / "serve.log"
     with log.open("ab") as sink:
         process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), *args], env=env,
-                                   cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+                                   cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=120)
     served = Served(f"http://127.0.0.1:{port}", env, url, process, log, client)
     try:

@@ -70,7 +70,7 @@ def test_end_to_end_through_http(served: Served, demo_server: FixtureServer, s3_
 
     urls = [demo_server.base_url + live_path(room) for room in (1, 2, 3, 4)]
     launched = client.post(f"/cases/{case_id}/captures", headers=wang,
-                           json={"urls": urls, "duration": 12, "second_officer": "li"})
+                           json={"urls": urls, "duration": 20, "second_officer": "li"})
     assert launched.status_code == 202, launched.text
     capture = launched.json()
     capture_id = capture["id"]

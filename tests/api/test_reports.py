@@ -28,14 +28,19 @@ def _pdf_text(pdf: Path) -> str:
 
 
 def _qr_codes(pdf: Path, folder: Path) -> list[str]:
-    subprocess.run(["pdftoppm", "-r", "150", "-png", "-f", "1", "-l", "1", str(pdf), str(folder / "page")],
-                   check=True)
-    found = []
-    for image in sorted(folder.glob("page*.png")):
-        text, _points, _code = cv2.QRCodeDetector().detectAndDecode(cv2.imread(str(image)))
-        if text:
-            found.append(text)
-    return found
+    """The QR codes OpenCV reads on the first page; its detector misses a code at one resolution and finds it at
+    another, so a few are tried, as a person holds a phone nearer."""
+    for dpi in (150, 200, 300):
+        prefix = folder / f"page-{dpi}"
+        subprocess.run(["pdftoppm", "-r", str(dpi), "-png", "-f", "1", "-l", "1", str(pdf), str(prefix)], check=True)
+        found = []
+        for image in sorted(folder.glob(f"page-{dpi}*.png")):
+            text, _points, _code = cv2.QRCodeDetector().detectAndDecode(cv2.imread(str(image)))
+            if text:
+                found.append(text)
+        if found:
+            return found
+    return []
 
 
 def test_a_report_pdf_is_registered_evidence_with_the_digest_and_its_qr_code(tmp_path: Path,
