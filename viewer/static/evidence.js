@@ -198,9 +198,16 @@ function player({ manifest, tickets, marks, t0, onLeave }) {
   seek.addEventListener("input", () => {
     video.currentTime = (Number(seek.value) / 1000) * duration;
   });
-  // A ticket that lapsed during a long session: ask for a new one and go on where the player stood.
+  // A ticket that lapsed during a long session: ask for a new one and go on where the player stood; a file
+  // that fails again right away is said to have failed, not asked for in a loop.
+  let retriedAt = 0;
   video.addEventListener("error", async () => {
     const at = video.currentTime;
+    if (Date.now() - retriedAt < 30_000) {
+      say(t("play.failed"));
+      return;
+    }
+    retriedAt = Date.now();
     try {
       tickets.expires = 0;
       await tickets.fresh();
