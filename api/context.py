@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine
 
@@ -14,6 +15,8 @@ from evidence import CustodyAction, CustodyEntry, Settings
 from preservation.services import Services
 
 REQUEST_THREADS = 40  # threads running sync endpoints (anyio's default; set by the app at start)
+
+T = TypeVar("T")
 
 
 class RateLimiter:
@@ -62,6 +65,13 @@ class Context:
         return cls(settings=settings, services=services, engine=engine, secret=secret,
                    hash_lookups=RateLimiter(settings.hash_lookups_per_minute),
                    logins=RateLimiter(20))
+
+    def shared(self, key: str, make: Callable[[], T]) -> T:
+        """One object per service kept under `key` (a throttle, a rate limiter, a cache), made on first use."""
+        found = self.extra.get(key)
+        if found is None:
+            found = self.extra.setdefault(key, make())  # two first uses at once keep the same one
+        return cast(T, found)
 
     def record(self, actor: str, action: CustodyAction, subject: str, details: dict[str, Any]) -> CustodyEntry:
         """One custody entry for something a person did through the service."""

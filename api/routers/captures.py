@@ -71,11 +71,7 @@ class ViewThrottle:
 
 
 def throttle(ctx: Context) -> ViewThrottle:
-    found = ctx.extra.get("view_throttle")
-    if not isinstance(found, ViewThrottle):
-        found = ViewThrottle()
-        ctx.extra["view_throttle"] = found
-    return found
+    return ctx.shared("view_throttle", ViewThrottle)
 
 
 def capture_public(conn: Any, capture_id: str, note: str = "") -> CapturePublic:

@@ -55,19 +55,11 @@ class StillCache:
 
 
 def _made_recently(ctx: Context) -> RateLimiter:
-    found = ctx.extra.get("reports_made")
-    if not isinstance(found, RateLimiter):
-        found = RateLimiter(REPORTS_PER_MINUTE)
-        ctx.extra["reports_made"] = found
-    return found
+    return ctx.shared("reports_made", lambda: RateLimiter(REPORTS_PER_MINUTE))
 
 
 def _stills(ctx: Context) -> StillCache:
-    found = ctx.extra.get("report_stills")
-    if not isinstance(found, StillCache):
-        found = StillCache()
-        ctx.extra["report_stills"] = found
-    return found
+    return ctx.shared("report_stills", StillCache)
 
 
 def _public_url(ctx: Context) -> str:

@@ -11,18 +11,16 @@ import http.server
 import threading
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from viewer import STATIC_DIR
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
 LENGTHS = (0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 1000, 100_003)
 CHUNK = 4099  # odd, so block boundaries fall inside chunks
 BIG = 64 * 1024 * 1024
@@ -106,15 +104,6 @@ def base() -> Iterator[str]:
     server.shutdown()
     server.server_close()
     thread.join()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is required (scripts/setup installs it)"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

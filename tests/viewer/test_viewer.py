@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from storage import S3Endpoint
 from tests.api.conftest import PASSWORD, Served, serve_process
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 SIZES: dict[str, ViewportSize] = {"1366x768": {"width": 1366, "height": 768},
                                   "1920x1080": {"width": 1920, "height": 1080}}
@@ -28,15 +27,6 @@ SIZES: dict[str, ViewportSize] = {"1366x768": {"width": 1366, "height": 768},
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Endpoint) -> Iterator[Served]:
     yield from serve_process(tmp_path_factory.mktemp("viewer") / "data", s3_server, "--no-worker")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is required (scripts/setup installs it)"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield launched
-        launched.close()
 
 
 def _page(browser: Browser, served: Served, size: str = "1366x768") -> tuple[Page, list[str]]:

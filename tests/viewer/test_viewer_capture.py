@@ -21,7 +21,8 @@ from capture.fixtures.server import live_path
 from storage import S3Endpoint
 from tests.api.conftest import Served, serve_process
 from tests.api.test_reports import _pdf_text, _qr_codes
-from tests.viewer.test_viewer import CHROMIUM, _no_console_errors, _no_overflow, _page, _shot, _sign_in
+from tests.viewer.conftest import CHROMIUM
+from tests.viewer.test_viewer import _no_console_errors, _no_overflow, _page, _shot, _sign_in
 
 pytestmark = pytest.mark.integration
 
