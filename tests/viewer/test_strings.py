@@ -46,7 +46,9 @@ def test_every_string_the_viewer_asks_for_is_translated() -> None:
     used |= {f"state.{s}" for s in STATES} | {f"role.{r}" for r in ROLES} | {f"capture.{c}" for c in CAPTURE_STATES}
     used |= {f"phase.{p}" for p in PHASES} | {f"mark.kind.{k}" for k in MARK_KINDS}
     used |= {f"action.{a.value}" for a in CustodyAction} | {f"tile.{s.value}" for s in TileStatus}
-    used |= {f"artifact.{r.value}" for r in ArtifactRole} | {"artifact.report"}
+    # The evidence index's roles: every manifest role, and the files preservation adds (service/index.py).
+    used |= {f"artifact.{r.value}" for r in ArtifactRole} | {f"artifact.{role}" for role in (
+        "report", "manifest", "signature", "timestamp-request", "timestamp", "certificate", "record")}
     used |= {f"step.{s.value}" for s in StepName} | {f"outcome.{o.value}" for o in StepOutcome}
     assert len(used) > 100, "the patterns no longer find the viewer's strings"
     assert used <= keys, sorted(used - keys)

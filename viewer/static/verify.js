@@ -108,7 +108,6 @@ async function answerBox(found) {
   }
   const [, first] = registered[0];
   for (const match of first.matches) box.append(await describeMatch(match));
-  if (first.note) box.append(h("p", { class: "muted" }, first.note));
   return box;
 }
 
