@@ -28,14 +28,17 @@ def _pdf_text(pdf: Path) -> str:
 
 
 def _qr_codes(pdf: Path, folder: Path) -> list[str]:
-    """The QR codes OpenCV reads on the first page; its detector misses a code at one resolution and finds it at
+    """The QR codes OpenCV reads on the first page; a decoder misses a code at one resolution and finds it at
     another, so a few are tried, as a person holds a phone nearer."""
     for dpi in (150, 200, 300):
         prefix = folder / f"page-{dpi}"
         subprocess.run(["pdftoppm", "-r", str(dpi), "-png", "-f", "1", "-l", "1", str(pdf), str(prefix)], check=True)
         found = []
         for image in sorted(folder.glob(f"page-{dpi}*.png")):
-            text, _points, _code = cv2.QRCodeDetector().detectAndDecode(cv2.imread(str(image)))
+            picture = cv2.imread(str(image))
+            # OpenCV's two decoders miss different codes: the first answer of either counts.
+            text = cv2.QRCodeDetector().detectAndDecode(picture)[0] or \
+                cv2.QRCodeDetectorAruco().detectAndDecode(picture)[0]
             if text:
                 found.append(text)
         if found:
