@@ -318,14 +318,18 @@ class TileBrowser:
         if self.page is None or self.crashed:
             return [f"{label} snapshot skipped: no live page"]
         page = self.page
+        path = str(self.directory / f"screenshot-{label}.png")
         try:
-            await asyncio.wait_for(
-                page.screenshot(path=str(self.directory / f"screenshot-{label}.png"), full_page=True,
-                                timeout=timeout * 1000),
-                timeout + 1,
-            )
+            await asyncio.wait_for(page.screenshot(path=path, full_page=True, timeout=timeout * 1000), timeout + 1)
         except (TimeoutError, Error) as exc:
-            problems.append(f"{label} screenshot failed: {str(exc).splitlines()[0] if str(exc) else 'timeout'}")
+            problem = f"{label} full-page screenshot failed: {str(exc).splitlines()[0] if str(exc) else 'timeout'}"
+            # A busy machine can miss the full-page deadline; the window alone is cheaper and still evidence.
+            try:
+                await asyncio.wait_for(page.screenshot(path=path, timeout=timeout * 1000), timeout + 1)
+                problems.append(problem + "; the visible window was kept instead")
+            except (TimeoutError, Error) as second:
+                problems.append(problem + f"; the visible window failed too: "
+                                f"{str(second).splitlines()[0] if str(second) else 'timeout'}")
         try:
             html = await asyncio.wait_for(page.content(), timeout)
             (self.directory / f"dom-{label}.html").write_text(html, encoding="utf-8")

@@ -13,10 +13,12 @@ knows it), and entered in the custody record.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -210,6 +212,59 @@ def qr_svg_uri(link: str) -> str:
     return str(segno.make(link, error="m").svg_data_uri(scale=4, border=2))
 
 
+# The report's words for the values it prints, as the viewer's Chinese says them (the strings test holds the two
+# the same); the stored value follows in English, as the record has it.
+REPORT_LABELS: dict[str, str] = {
+    "capture.complete": "完成", "capture.partial": "部分完成", "capture.failed": "失败",
+    "capture.interrupted": "中断",
+    "tile.pending": "等待", "tile.loading": "加载中", "tile.recording": "录制中", "tile.complete": "完成",
+    "tile.partial": "部分完成", "tile.failed": "失败",
+    "role.investigator": "调查员", "role.case_handler": "办案人员", "role.court": "法院", "role.admin": "管理员",
+    "action.captured": "录制完成", "action.hashed": "计算哈希", "action.signed": "签名",
+    "action.timestamped": "加盖时间戳", "action.timestamp-pending": "时间戳待签发",
+    "action.stored": "写入防篡改存储", "action.legal-hold": "法律保全",
+    "action.legal-hold-released": "解除法律保全", "action.exported": "导出证据包",
+    "action.export-written": "证据包已写出", "action.verified": "在线验证",
+    "action.guards-restored": "恢复防篡改触发器", "action.user-created": "创建用户",
+    "action.token-created": "创建令牌", "action.token-revoked": "吊销令牌", "action.login-locked": "登录锁定",
+    "action.case-created": "创建案件", "action.case-updated": "修改案件",
+    "action.case-state-changed": "案件状态变更", "action.member-set": "设置成员",
+    "action.member-removed": "移除成员", "action.viewed": "查看", "action.downloaded": "下载",
+    "action.download-cut-off": "下载被中止（存储内容不符）", "action.hash-lookup": "哈希核验",
+    "action.package-verified": "证据包核验", "action.capture-requested": "发起取证",
+    "action.capture-started": "开始取证", "action.capture-stop-requested": "请求停止",
+    "action.capture-witnessed": "第二取证人确认", "action.capture-interrupted": "取证中断",
+    "action.capture-ended": "取证结束", "action.report-generated": "生成固证报告",
+}
+
+
+def label(kind: str, value: object) -> str:
+    """`完成 complete`: the report's word for a stored value, with the value itself; an unknown value as it is."""
+    text = str(getattr(value, "value", value))
+    word = REPORT_LABELS.get(f"{kind}.{text}")
+    return f"{word} {text}" if word else text
+
+
+_ESCAPE_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+# decodeURI's reserved characters: decoding them would change which path, query or fragment a reader sees.
+_RESERVED = set(";/?:@&=+$,#%")
+
+
+def readable_url(url: str) -> str:
+    """The URL as a person reads it (a Chinese search term decoded), hiding nothing: reserved characters, controls,
+    bidirectional and zero-width marks and spaces stay escaped, and broken escapes leave the URL as it came."""
+
+    def decode(run: re.Match[str]) -> str:
+        text = bytes.fromhex(run.group(0).replace("%", "")).decode("utf-8")
+        return "".join(quote(ch, safe="") if ch in _RESERVED or ch.isspace()
+                       or unicodedata.category(ch)[0] in "CZ" else ch for ch in text)
+
+    try:
+        return _ESCAPE_RUN.sub(decode, url)
+    except UnicodeDecodeError:
+        return url
+
+
 def _utc(value: datetime | None) -> str:
     if value is None:
         return "—"
@@ -226,8 +281,8 @@ def report_html(facts: ReportFacts, *, base_url: str, generated_by: str, generat
     template = _environment.get_template("report.html")
     return template.render(
         f=facts, m=manifest, p=manifest.provenance, link=link, qr=qr_svg_uri(link), listed=listed, reads=reads,
-        timestamps=timestamps, utc=_utc, generated_by=generated_by, generated_at=generated_at,
-        size=_size, components=sorted(manifest.provenance.components.items()))
+        timestamps=timestamps, utc=_utc, readable_url=readable_url, label=label, generated_by=generated_by,
+        generated_at=generated_at, size=_size, components=sorted(manifest.provenance.components.items()))
 
 
 def _size(value: int) -> str:

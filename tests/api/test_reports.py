@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from service.db import cases, evidence_files
+from service.report import readable_url
 from storage import S3Endpoint
 from tests.api.conftest import Service, open_service
 from tests.api.test_captures_api import case_with, user_id
@@ -137,3 +138,16 @@ def test_no_report_of_another_captures_manifest(service: Service) -> None:
                              version_id=other.version_id))
     refused = service.post(f"/captures/{first}/report", "wang")
     assert refused.status_code == 409, refused.text
+
+
+@pytest.mark.parametrize(("url", "read"), [
+    ("https://shop.example/p?q=%E6%9C%80%E4%BD%8E%E4%BB%B7", "https://shop.example/p?q=最低价"),
+    ("https://shop.example/%E2%80%AEgpj.exe", "https://shop.example/%E2%80%AEgpj.exe"),  # right-to-left override
+    ("https://shop.example/a%e2%80%8bb", "https://shop.example/a%E2%80%8Bb"),  # zero-width space
+    ("https://shop.example/a%0Ab%20c", "https://shop.example/a%0Ab%20c"),
+    ("https://shop.example/%2541", "https://shop.example/%2541"),  # not "%41", which reads as "A"
+    ("https://shop.example/a%2Fb%3Fc%23d", "https://shop.example/a%2Fb%3Fc%23d"),  # no new path, query or fragment
+    ("https://shop.example/%E6%9C", "https://shop.example/%E6%9C"),  # a broken escape: the URL as it came
+])
+def test_the_report_reads_urls_as_text_and_hides_nothing(url: str, read: str) -> None:
+    assert readable_url(url) == read

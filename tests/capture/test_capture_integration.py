@@ -156,7 +156,8 @@ def test_page_artifacts_and_stream_copies(four_rooms: tuple[Manifest, Path, dict
         directory = out / "tiles" / str(tile.tile)
         for name in ("screenshot-start.png", "screenshot-end.png", "dom-start.html", "dom-end.html",
                      "network.har", "timeline.jsonl", "page.json"):
-            assert (directory / name).stat().st_size > 0, (tile.tile, name)
+            problems = [line for line in (directory / "timeline.jsonl").read_text().splitlines() if "problem" in line]
+            assert (directory / name).exists() and (directory / name).stat().st_size > 0, (tile.tile, name, problems)
         assert (directory / "console.jsonl").exists()  # empty when the page logs nothing
         har = json.loads((directory / "network.har").read_text())
         assert any(e["request"]["url"] == tile.url and e["response"]["status"] == 200 for e in har["log"]["entries"])

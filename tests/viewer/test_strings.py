@@ -6,6 +6,7 @@ import re
 
 from evidence import CustodyAction
 from evidence.model import ArtifactRole, StepName, StepOutcome, TileStatus
+from service.report import REPORT_LABELS
 from viewer import STATIC_DIR
 
 STATES = ("lead", "opened", "closed")
@@ -66,3 +67,17 @@ def test_the_viewer_fetches_nothing_from_the_internet() -> None:
         # The SVG icon names its XML namespace, which is never fetched.
         text = text.replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, flags=re.I), path.name
+
+
+def test_the_report_says_values_as_the_viewer_does() -> None:
+    """The printed report's Chinese words for states and roles are the viewer's own, not a second translation."""
+    source = (STATIC_DIR / "i18n.js").read_text(encoding="utf-8")
+    zh_block = re.search(r"^  zh: \{\n(.*?)^  \},", source, flags=re.S | re.M)
+    assert zh_block
+    viewer_zh = dict(re.findall(r'^    "([\w.-]+)": "(.*)",$', zh_block.group(1), flags=re.M))
+    assert REPORT_LABELS
+    for key, word in REPORT_LABELS.items():
+        assert viewer_zh.get(key) == word, (key, word, viewer_zh.get(key))
+    assert {f"tile.{s.value}" for s in TileStatus} <= set(REPORT_LABELS)
+    assert {f"role.{r}" for r in ROLES} <= set(REPORT_LABELS)
+    assert {f"action.{a.value}" for a in CustodyAction} <= set(REPORT_LABELS)

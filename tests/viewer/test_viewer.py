@@ -204,3 +204,98 @@ def test_the_browser_checks_a_custody_proof_and_refuses_forged_ones(browser: Bro
     assert verdicts.pop("genuine") is True
     assert verdicts == dict.fromkeys(verdicts, False), verdicts
     _no_console_errors(problems)
+
+
+def _tab_to(page: Page, selector: str, limit: int = 80) -> None:
+    """Press Tab until the element matching `selector` has the focus: it is reachable from the keyboard."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement !== null && document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"{selector} not reached with {limit} presses of Tab")
+
+
+def _unnamed_controls(page: Page) -> list[str]:
+    """Controls a screen reader would announce without a name: inputs without a label, empty buttons and links."""
+    found: list[str] = page.evaluate("""() => Array.from(document.querySelectorAll(
+        'input:not([type=hidden]), select, textarea, button, a[href]')).filter((el) => {
+      if (el.closest('[hidden]') || el.getClientRects().length === 0) return false;
+      const labelled = el.getAttribute('aria-label') || el.getAttribute('aria-labelledby') ||
+        (el.labels && el.labels.length) || el.getAttribute('title');
+      if (['INPUT', 'SELECT', 'TEXTAREA'].includes(el.tagName)) return !labelled;
+      const imageNamed = Array.from(el.querySelectorAll('img')).some((img) => (img.alt || '').trim());
+      return !labelled && !el.textContent.trim() && !imageNamed;
+    }).map((el) => el.outerHTML.slice(0, 120))""")
+    return found
+
+
+def test_the_keyboard_alone_signs_in_creates_and_opens_a_case(browser: Browser, served: Served) -> None:
+    served.add_user("zhao", "investigator")
+    page, problems = _page(browser, served)
+    page.goto(served.base + "/")
+    expect(page.get_by_role("heading", name="登录")).to_be_visible()
+    assert page.evaluate("document.activeElement.name") == "username"  # the form starts where the typing does
+    assert not _unnamed_controls(page)
+    page.keyboard.type("zhao")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="案件", exact=True)).to_be_visible(timeout=30_000)
+    assert not _unnamed_controls(page), _unnamed_controls(page)
+
+    # The first Tab of a page offers a way past the bar, and it leads to the page.
+    page.reload()
+    expect(page.get_by_role("heading", name="案件", exact=True)).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.locator("#skip")).to_be_focused()
+    expect(page.locator("#skip")).to_be_visible()
+    page.keyboard.press("Enter")
+    expect(page.locator("#app")).to_be_focused()
+
+    _tab_to(page, "input[name=title]")
+    page.keyboard.type("键盘建案")
+    _tab_to(page, "form button.primary")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=re.compile(r"^案件 C-"))).to_be_visible()
+    # The new page has the focus, so the next Tab starts at its top, not at a link that is gone.
+    assert page.evaluate("document.getElementById('app').contains(document.activeElement)")
+    assert not _unnamed_controls(page), _unnamed_controls(page)
+
+    _tab_to(page, "button[data-lang=en]")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=re.compile(r"^Case C-"))).to_be_visible()
+    _tab_to(page, "#nav a[href='#/cases']")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Cases", exact=True)).to_be_visible()
+    _tab_to(page, "td.id a")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=re.compile(r"^Case C-"))).to_be_visible()
+    _tab_to(page, "#nav a[href='#/verify']")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Verify evidence")).to_be_visible()
+    assert not _unnamed_controls(page), _unnamed_controls(page)
+    _no_console_errors(problems)
+
+
+def test_urls_read_as_text_yet_hide_nothing(browser: Browser, served: Served) -> None:
+    """A percent-escaped Chinese search term reads as Chinese; what could hide or reorder the text a person reads
+    (a right-to-left override, a zero-width space, a line break, an escaped percent sign) stays escaped."""
+    page, problems = _page(browser, served)
+    page.goto(served.base + "/#/verify")
+    expect(page.get_by_role("heading", name="核验电子证据")).to_be_visible()
+    cases = {
+        "https://shop.example/p?q=%E6%9C%80%E4%BD%8E%E4%BB%B7": "https://shop.example/p?q=最低价",
+        "https://shop.example/%E2%80%AEgpj.exe": "https://shop.example/%E2%80%AEgpj.exe",  # RLO
+        "https://shop.example/a%E2%80%8Bb": "https://shop.example/a%E2%80%8Bb",  # zero-width space
+        "https://shop.example/a%0Ab%20c": "https://shop.example/a%0Ab%20c",
+        "https://shop.example/%2541": "https://shop.example/%2541",  # not "%41", which reads as "A"
+        "https://shop.example/a%2Fb%3Fc%23d": "https://shop.example/a%2Fb%3Fc%23d",  # reserved: no new path or query
+        "https://shop.example/%E6%9C": "https://shop.example/%E6%9C",  # a broken escape: shown exactly
+        "https://xn--fiqs8s.example/": "https://xn--fiqs8s.example/",  # the host keeps its punycode
+    }
+    shown = page.evaluate("""async (urls) => {
+      const { readableUrl } = await import("/viewer/common.js");
+      return urls.map((url) => readableUrl(url));
+    }""", list(cases))
+    assert dict(zip(cases, shown, strict=True)) == cases
+    _no_console_errors(problems)

@@ -22,7 +22,15 @@ from storage import S3Endpoint
 from tests.api.conftest import Served, serve_process
 from tests.api.test_reports import _pdf_text, _qr_codes
 from tests.viewer.conftest import CHROMIUM
-from tests.viewer.test_viewer import _no_console_errors, _no_overflow, _page, _shot, _sign_in
+from tests.viewer.test_viewer import (
+    _no_console_errors,
+    _no_overflow,
+    _page,
+    _shot,
+    _sign_in,
+    _tab_to,
+    _unnamed_controls,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +102,8 @@ def test_launch_watch_witness_stop_play_report_and_verify(browser: Browser, serv
     expect(page.get_by_role("button", name="停止录制")).to_have_count(0)
     expect(page.locator("ol.events li").first).to_be_visible()
     assert "[object" not in page.locator("main").inner_text()
+    expect(page.get_by_role("img", name="多机同屏实时预览")).to_have_count(0)  # the player replaces the live view
+    expect(page.get_by_role("cell", name=re.compile("product\\?搜索=某某旗舰店限时秒杀最低价"))).to_be_visible()
     _shot(page, "capture-complete-zh")
 
     stored = served.client.get(f"/captures/{capture_id}", headers=wang).json()
@@ -125,11 +135,21 @@ def _peak_hz(page: Page) -> float:
         window.__listen = { context, analyser };
       }
       const { context, analyser } = window.__listen;
+      // Read only after a second of this file has played: on a busy machine play() resolves before sound flows,
+      // and the analyser would still hold the previous file's spectrum.
+      const from = video.currentTime;
       await video.play();
-      await new Promise((resolve) => setTimeout(resolve, 1500));
+      for (let waited = 0; video.currentTime - from < 1.2 && waited < 20000; waited += 100) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
       const bins = new Float32Array(analyser.frequencyBinCount);
       analyser.getFloatFrequencyData(bins);
+      const wave = new Float32Array(analyser.fftSize);
+      analyser.getFloatTimeDomainData(wave);
       video.pause();
+      // Silence keeps the last tone's (smoothed, fading) spectrum: a reading without sound is no reading.
+      const level = Math.sqrt(wave.reduce((sum, x) => sum + x * x, 0) / wave.length);
+      if (level < 0.01) return -level;
       let best = 1;
       for (let i = 2; i < bins.length; i++) if (bins[i] > bins[best]) best = i;
       return best * context.sampleRate / analyser.fftSize;
@@ -142,8 +162,15 @@ def _play_and_switch_tiles(page: Page, capture_id: str) -> None:
     assert "/artifacts/composite.mp4?ticket=" in page.evaluate(f"document.querySelector('{VIDEO}').currentSrc")
     assert page.evaluate(f"document.querySelector('{VIDEO}').muted")
     expect(page.get_by_role("cell", name="composite.mp4", exact=True)).to_be_visible()
+    # The screenshots load as they scroll into view: bring each in, so the page's picture shows them.
+    for shot in page.locator("figure.shot img").all():
+        shot.scroll_into_view_if_needed()
+    page.wait_for_function("() => Array.from(document.querySelectorAll('figure.shot img'))"
+                           ".every((img) => img.complete && img.naturalWidth > 0)", timeout=30_000)
+    page.evaluate("window.scrollTo(0, 0)")
     _shot(page, "capture-evidence-zh")
     _no_overflow(page)
+    assert not _unnamed_controls(page), _unnamed_controls(page)
 
     # A seek by a timeline mark: the second segment boundary, from the list of marks (the keyboard's way).
     page.get_by_text(re.compile(r"^时间轴事件列表")).click()
@@ -163,12 +190,20 @@ def _play_and_switch_tiles(page: Page, capture_id: str) -> None:
     assert "/artifacts/tiles/2/video.mp4?ticket=" in state[0] and state[2] is False, state
     assert abs(state[1] - at) < 0.5, (state, at)
     assert abs(_peak_hz(page) - ROOM_TONES[2]) < 20  # tile 2's tone, not tile 1's (the composite's first track)
+    left_at = float(page.evaluate(f"document.querySelector('{VIDEO}').currentTime"))
     _shot(page, "capture-tile2-zh")
-    page.get_by_role("button", name="返回合成画面").click()
+    # From the keyboard: the focus stays with the player as its buttons swap (never back to the page's start).
+    expect(page.get_by_role("button", name="返回合成画面")).to_be_focused()
+    page.keyboard.press("Enter")
     expect(page.locator("#player-showing")).to_contain_text("多机同屏")
     assert page.evaluate(f"document.querySelector('{VIDEO}').muted")
-    page.locator(".tile-hit[data-tile='3']").click()
+    expect(page.locator(".tile-hit[data-tile='2']")).to_be_focused()
+    _tab_to(page, ".tile-hit[data-tile='3']", limit=1)
+    page.keyboard.press("Enter")
+    expect(page.locator("#player-showing")).to_contain_text("画面 3")
     page.wait_for_function(f"() => document.querySelector('{VIDEO}').readyState >= 2")
+    # Switched back and on again before the composite had loaded: the player still stands where tile 2 stopped.
+    assert abs(float(page.evaluate(f"document.querySelector('{VIDEO}').currentTime")) - left_at) < 0.5
     assert abs(_peak_hz(page) - ROOM_TONES[3]) < 20
 
     page.get_by_role("button", name="English").click()
@@ -191,6 +226,7 @@ def _report(page: Page, served: Served, capture_id: str, manifest_sha256: str, f
     page.get_by_role("button", name="生成 PDF 并登记").click()
     expect(page.get_by_role("link", name="下载 PDF")).to_be_visible(timeout=120_000)
     _shot(page, "report-zh")
+    assert not _unnamed_controls(page), _unnamed_controls(page)
     page.get_by_role("button", name="English").click()
     expect(page.get_by_role("link", name="Download the PDF")).to_be_visible(timeout=60_000)
     _no_overflow(page)
@@ -215,6 +251,7 @@ def _verify_as_a_court(browser: Browser, served: Served, capture_id: str, manife
     expect(court.locator("#digest-result")).to_contain_text("已登记", timeout=30_000)
     expect(court.locator("#digest-result")).to_contain_text("在本浏览器中核算")
     _shot(court, "verify-qr-zh")
+    assert not _unnamed_controls(court), _unnamed_controls(court)
     court.get_by_role("button", name="English").click()
     expect(court.locator("#digest-result")).to_contain_text(re.compile("comput(ed|es) in this browser"),
                                                             timeout=30_000)

@@ -1,7 +1,7 @@
 // The viewer: a few pages over the custody service's HTTP API (/api/v1). Everything from the server is put on the
 // page as text (never as HTML), so a case title or a URL can never run as script.
 
-import { API, ApiError, TOKEN, api, field, h, onSignedOut, say, table } from "/viewer/common.js";
+import { API, ApiError, TOKEN, api, field, h, onSignedOut, say, table, urlText } from "/viewer/common.js";
 import { evidenceView, reportPage } from "/viewer/evidence.js";
 import { formatTime, language, setLanguage, t } from "/viewer/i18n.js";
 import { verifyPage } from "/viewer/verify.js";
@@ -41,6 +41,7 @@ function drawBar() {
   for (const button of document.querySelectorAll("[data-lang]")) {
     button.setAttribute("aria-pressed", String(button.dataset.lang === language()));
   }
+  document.getElementById("skip").textContent = t("nav.skip");
   const nav = document.getElementById("nav");
   const who = document.getElementById("who");
   const verifyLink = h("a", { href: "#/verify" }, t("nav.verify"));
@@ -170,7 +171,7 @@ async function casePage(caseId, ticket) {
   const captureRows = captures.map((c) => h("tr", {},
     h("td", { class: "id" }, h("a", { href: `#/captures/${encodeURIComponent(c.id)}` }, c.id)),
     h("td", {}, h("span", { class: `badge capture-${c.state}` }, t(`capture.${c.state}`))),
-    h("td", { class: "wrap urls" }, c.urls.map((url) => h("div", {}, url))),
+    h("td", { class: "wrap urls" }, c.urls.map((url) => urlText(url, "div"))),
     h("td", {}, c.operator),
     h("td", {}, formatTime(c.created_at))));
   show(
@@ -350,7 +351,7 @@ async function capturePage(captureId, ticket) {
       : progress.tiles && progress.tiles.length ? progress.tiles
         : capture.urls.map((url, index) => ({ tile: index + 1, url, status: "", reason: "" }));
     tiles.replaceChildren(...tileRows.map((tile) => h("tr", {},
-      h("td", {}, String(tile.tile)), h("td", { class: "wrap urls" }, tile.url),
+      h("td", {}, String(tile.tile)), h("td", { class: "wrap urls" }, urlText(tile.url, "div")),
       h("td", {}, tile.status ? h("span", { class: `badge tile-${tile.status}` }, t(`tile.${tile.status}`, {},
         tile.status)) : "—", tile.reason ? h("div", { class: "wrap muted" }, tile.reason) : null))));
     const active = !FINAL.has(capture.state);
@@ -422,11 +423,15 @@ async function capturePage(captureId, ticket) {
   };
 
   draw();
+  // A live view only while recording: once the capture ends, the player of the kept evidence replaces it.
+  const previewSection = FINAL.has(capture.state) ? null
+    : h("section", { "aria-labelledby": "preview-title" }, h("h2", { id: "preview-title" }, t("cap.preview")),
+      preview, noPreview);
   show(
     h("p", {}, h("a", { href: `#/cases/${encodeURIComponent(found.id)}` }, `← ${t("cap.back")}`)),
     h("h1", {}, t("cap.title", { id: capture.id })),
     facts, buttons,
-    FINAL.has(capture.state) ? null : [h("h2", {}, t("cap.preview")), preview, noPreview],
+    previewSection,
     live,
     h("h2", {}, t("cap.tiles")),
     h("table", {}, h("thead", {}, h("tr", {}, ["cap.tile", "cap.tile_url", "cap.tile_state"].map((key) =>
@@ -466,7 +471,9 @@ async function capturePage(captureId, ticket) {
     if (event.event === "end") clearInterval(timer);
   }, controller.signal);
   afterRefetch = () => {
-    if (FINAL.has(capture.state)) showEvidence();
+    if (!FINAL.has(capture.state)) return;
+    if (previewSection) previewSection.remove();
+    showEvidence();
   };
 }
 
@@ -529,6 +536,12 @@ onSignedOut(() => {
   if (location.hash.startsWith("#/verify")) drawBar(); // the check for courts goes on without a sign-in
   else go("#/signin");
 });
-window.addEventListener("hashchange", route);
+document.getElementById("skip").addEventListener("click", () => main().focus());
+// A link followed from the keyboard leaves the focus on a link that is gone: the new page takes it, so the next
+// Tab starts at its top (and a screen reader reads it). The sign-in page puts it in the name field itself.
+window.addEventListener("hashchange", async () => {
+  await route();
+  if (!main().contains(document.activeElement)) main().focus({ preventScroll: true });
+});
 setLanguage(language());
 route();

@@ -133,3 +133,20 @@ export function formatSeconds(seconds) {
   const rest = String(whole % 60).padStart(2, "0");
   return hours ? `${hours}:${minutes}:${rest}` : `${minutes}:${rest}`;
 }
+
+// A URL as a person reads it: percent-escapes of text decoded (a Chinese search term, not a wall of %E6%90...).
+// What could hide or reorder text (controls, bidirectional overrides, zero-width marks, spaces) and "%25" stay
+// escaped, so the text read is the URL requested; the host keeps its punycode form. The exact URL is the title.
+export function readableUrl(url) {
+  try {
+    return url.split(/%25/i).map((part) => decodeURI(part)
+      .replace(/[\p{C}\p{Z}\s]/gu, (character) => encodeURIComponent(character))).join("%25");
+  } catch {
+    return url; // not valid escapes: shown exactly as it came
+  }
+}
+
+export function urlText(url, tag = "span") {
+  const readable = readableUrl(url);
+  return readable === url ? h(tag, {}, url) : h(tag, { title: url, "data-url": url }, readable);
+}

@@ -2,7 +2,9 @@
 // tile's own recording and sound at the same moment), a timeline of what happened, each tile's page facts, the
 // manifest with both digests, the timestamp tokens, the environment, the playback quality and the custody record.
 
-import { API, api, copyText, formatBytes, formatSeconds, h, readFile, say, table } from "/viewer/common.js";
+import {
+  API, api, copyText, formatBytes, formatSeconds, h, readFile, readableUrl, say, table, urlText,
+} from "/viewer/common.js";
 import { formatTime, t } from "/viewer/i18n.js";
 
 const encodePath = (path) => path.split("/").map(encodeURIComponent).join("/");
@@ -136,7 +138,7 @@ function player({ manifest, tickets, marks, t0, onLeave }) {
       showing.textContent = t("play.composite");
     } else {
       const tile = layout.tiles.find((x) => x.tile === tileShown);
-      showing.textContent = t("play.tile", { tile: tileShown, url: tile ? tile.url : "" });
+      showing.textContent = t("play.tile", { tile: tileShown, url: tile ? readableUrl(tile.url) : "" });
     }
     back.hidden = tileShown === null;
     overlay.hidden = tileShown !== null;
@@ -144,30 +146,39 @@ function player({ manifest, tickets, marks, t0, onLeave }) {
 
   // Both files share the composite's clock (each tile is cut from it, its audio on the same time base), so
   // switching keeps currentTime and the same moment plays on.
+  // Where a file still loading is to start: a second switch, a seek or a mark clicked before its metadata came
+  // must go on from there, not from the 0 a loading element reports.
+  let pending = null;
+  const position = () => (pending ? pending.at : video.currentTime);
+  const setPosition = (seconds) => {
+    if (pending) pending.at = seconds;
+    else video.currentTime = seconds;
+  };
   const load = (artifact, { muted, at, playing }) => {
     video.muted = muted;
+    pending = { at, playing };
     video.src = tickets.url(artifact.path);
     video.dataset.path = artifact.path;
-    video.addEventListener("loadedmetadata", () => {
-      video.currentTime = Math.min(at, video.duration || at);
-      if (playing) video.play().catch(() => {});
-    }, { once: true });
   };
 
   const switchTo = (tile) => {
     const artifact = tile === null ? composite : tileVideos.get(tile);
     if (!artifact) return;
-    const at = video.currentTime;
-    const playing = !video.paused;
+    const at = position();
+    const playing = pending ? pending.playing : !video.paused;
+    const left = tileShown;
+    // The button pressed is hidden by the switch: the focus goes to its counterpart, not to the page's start.
+    const focused = overlay.contains(document.activeElement) || document.activeElement === back;
     tileShown = tile;
     load(artifact, { muted: tile === null, at, playing });
     drawShowing();
+    if (focused) (tile === null ? overlay.querySelector(`[data-tile="${left}"]`) || back : back).focus();
   };
 
   for (const tile of layout.tiles) {
     const rect = tile.rect;
     const button = h("button", { type: "button", class: "tile-hit", "data-tile": tile.tile,
-      "aria-label": t("play.open_tile", { tile: tile.tile, url: tile.url }), title: tile.url,
+      "aria-label": t("play.open_tile", { tile: tile.tile, url: readableUrl(tile.url) }), title: tile.url,
       disabled: !tileVideos.has(tile.tile), onclick: () => switchTo(tile.tile) },
     h("span", { class: "tile-number" }, String(tile.tile)));
     button.style.left = `${(100 * rect.x) / layout.width}%`;
@@ -187,22 +198,28 @@ function player({ manifest, tickets, marks, t0, onLeave }) {
   video.addEventListener("pause", drawPlaying);
   video.addEventListener("loadedmetadata", () => {
     if (Number.isFinite(video.duration) && video.duration > 0) duration = video.duration;
+    if (!pending) return;
+    const { at, playing } = pending;
+    pending = null;
+    video.currentTime = Math.min(at, video.duration || at);
+    if (playing) video.play().catch(() => {});
   });
   const drawTime = () => {
-    clock.textContent = `${formatSeconds(video.currentTime)} / ${formatSeconds(duration)}`;
-    seek.value = String(duration ? Math.round((1000 * video.currentTime) / duration) : 0);
-    head.style.left = `${duration ? (100 * video.currentTime) / duration : 0}%`;
-    wall.textContent = t("play.wall", { time: formatTime(new Date((t0 + video.currentTime) * 1000).toISOString()) });
+    const now = position();
+    clock.textContent = `${formatSeconds(now)} / ${formatSeconds(duration)}`;
+    seek.value = String(duration ? Math.round((1000 * now) / duration) : 0);
+    head.style.left = `${duration ? (100 * now) / duration : 0}%`;
+    wall.textContent = t("play.wall", { time: formatTime(new Date((t0 + now) * 1000).toISOString()) });
   };
   video.addEventListener("timeupdate", drawTime);
   seek.addEventListener("input", () => {
-    video.currentTime = (Number(seek.value) / 1000) * duration;
+    setPosition((Number(seek.value) / 1000) * duration);
   });
   // A ticket that lapsed during a long session: ask for a new one and go on where the player stood; a file
   // that fails again right away is said to have failed, not asked for in a loop.
   let retriedAt = 0;
   video.addEventListener("error", async () => {
-    const at = video.currentTime;
+    const at = position();
     if (Date.now() - retriedAt < 30_000) {
       say(t("play.failed"));
       return;
@@ -218,7 +235,7 @@ function player({ manifest, tickets, marks, t0, onLeave }) {
   });
 
   const seekTo = (seconds) => {
-    video.currentTime = Math.min(Math.max(seconds, 0), duration);
+    setPosition(Math.min(Math.max(seconds, 0), duration));
     drawTime();
   };
   for (const [lane, kind] of MARK_KINDS.entries()) {
@@ -319,9 +336,10 @@ function tileFacts(manifest, pages) {
       h("td", {}, String(tile.tile)),
       h("td", {}, h("span", { class: `badge tile-${tile.status}` }, t(`tile.${tile.status}`, {}, tile.status)),
         tile.reason ? h("div", { class: "wrap muted" }, tile.reason) : null),
-      h("td", { class: "wrap urls" }, h("div", {}, tile.url),
-        tile.final_url && tile.final_url !== tile.url ? h("div", {}, `→ ${tile.final_url}`) : null,
-        redirects.length > 1 ? h("div", { class: "muted" }, t("tiles.redirects", { count: redirects.length - 1 })) : null),
+      h("td", { class: "wrap urls" }, urlText(tile.url, "div"),
+        tile.final_url && tile.final_url !== tile.url ? h("div", {}, "→ ", urlText(tile.final_url)) : null,
+        redirects.length > 1 ? h("div", { class: "muted" }, t("tiles.redirects", { count: redirects.length - 1 }),
+          redirects.slice(1, -1).map((hop) => h("div", {}, "↳ ", urlText(hop)))) : null),
       h("td", { class: "wrap" }, tile.title || "—"),
       h("td", {}, tile.http_status ? String(tile.http_status) : "—", h("div", {}, tile.remote_ip || "")),
       h("td", { class: "wrap" }, certificateText(page.security_details)));
@@ -423,8 +441,9 @@ function custodyTable(custody) {
       h("td", {}, formatTime(entry.at)),
       h("td", { class: "wrap" }, entry.actor),
       h("td", {}, t(`action.${entry.action}`, {}, entry.action)),
+      // The record's own fields, shown as stored (not translated: a translation would not be the record).
       h("td", { class: "wrap details" }, Object.entries(entry.details || {}).slice(0, 6).map(([key, value]) =>
-        h("div", {}, `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`))))));
+        h("div", {}, h("code", {}, `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`)))))));
 }
 
 function downloads(capture, manifest, tickets, mayExport) {
@@ -505,7 +524,9 @@ export async function reportPage(captureId, found) {
       h("td", { class: "number" }, formatBytes(report.size)),
       digestCell(report.sha256, `SHA-256 ${report.path}`),
       digestCell(report.sm3, `SM3 ${report.path}`),
-      h("td", {}, h("a", { href: tickets.url(report.path), download: report.path.split("/").pop() }, t("report.download")),
+      h("td", { class: "nowrap" },
+        h("div", {}, h("a", { href: tickets.url(report.path), download: report.path.split("/").pop() },
+          t("report.download"))),
         h("div", {}, h("a", { href: `#/verify?sha256=${report.sha256}` }, t("report.check"))))))) :
       h("p", { class: "empty" }, t("report.none")));
   };

@@ -114,11 +114,19 @@ async function answerBox(found) {
 // -- the page --------------------------------------------------------------------------------------------------
 
 function dropZone(id, labelKey, hintKey, accept, onFile) {
-  const input = h("input", { type: "file", id, accept });
+  // The browser's own file button speaks the browser's language, not the page's: it is hidden (still focusable)
+  // behind a button-like label in the viewer's language.
+  const input = h("input", { type: "file", id, accept, class: "visually-hidden" });
+  const chosen = h("span", { class: "muted chosen" }, t("verify.no_file"));
   const zone = h("div", { class: "drop" },
     h("label", { for: input.id }, h("strong", {}, t(labelKey))),
-    h("p", { class: "muted" }, t(hintKey)), input);
-  input.addEventListener("change", () => input.files.length && onFile(input.files[0]));
+    h("p", { class: "muted" }, t(hintKey)), input,
+    h("label", { for: input.id, class: "choose", "aria-hidden": "true" }, t("verify.choose")), chosen);
+  const picked = (file) => {
+    chosen.textContent = file.name;
+    onFile(file);
+  };
+  input.addEventListener("change", () => input.files.length && picked(input.files[0]));
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
     zone.classList.add("over");
@@ -127,7 +135,7 @@ function dropZone(id, labelKey, hintKey, accept, onFile) {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("over");
-    if (event.dataTransfer.files.length) onFile(event.dataTransfer.files[0]);
+    if (event.dataTransfer.files.length) picked(event.dataTransfer.files[0]);
   });
   return zone;
 }
