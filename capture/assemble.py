@@ -21,6 +21,7 @@ from evidence import (
     Manifest,
     Provenance,
     Step,
+    SyncQuality,
     TileResult,
     TileStatus,
 )
@@ -192,6 +193,7 @@ def build_manifest(
     layout: Layout,
     tiles: tuple[TileResult, ...],
     steps: tuple[Step, ...],
+    sync: SyncQuality | None = None,
 ) -> Manifest:
     return Manifest(
         capture_id=capture_id,
@@ -206,6 +208,7 @@ def build_manifest(
         tiles=tiles,
         steps=steps,
         artifacts=list_artifacts(capture_dir),
+        sync=sync,
     )
 
 

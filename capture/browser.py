@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import shutil
 import ssl
 import subprocess
@@ -39,6 +40,8 @@ from capture.layout import DEVICE_SCALE, WINDOW_CSS_HEIGHT, WINDOW_CSS_WIDTH
 from capture.processes import spawn, stop
 from evidence import ComponentMissing, Rect, TileStatus
 
+# Chromium draws at most 16384 device px in one go; at twice the window's scale that is 16384 CSS px of page.
+MAX_SCREENSHOT_CSS_HEIGHT = 16384
 MEDIA_SUFFIXES = (".m3u8", ".mpd", ".flv", ".mp4", ".m4v", ".webm")
 MEDIA_TYPES = (
     "application/vnd.apple.mpegurl",
@@ -320,8 +323,8 @@ class TileBrowser:
         page = self.page
         path = str(self.directory / f"screenshot-{label}.png")
         try:
-            await asyncio.wait_for(page.screenshot(path=path, full_page=True, timeout=timeout * 1000), timeout + 1)
-        except (TimeoutError, Error) as exc:
+            await asyncio.wait_for(self._legible_screenshot(Path(path), problems), timeout)
+        except (TimeoutError, Error, KeyError, ValueError) as exc:
             problem = f"{label} full-page screenshot failed: {str(exc).splitlines()[0] if str(exc) else 'timeout'}"
             # A busy machine can miss the full-page deadline; the window alone is cheaper and still evidence.
             try:
@@ -338,24 +341,57 @@ class TileBrowser:
         self.event("snapshot", label=label, problems=problems)
         return problems
 
-    async def playback_quality(self) -> None:
-        """Read-only: the video elements' dropped-frame counters, as the browser reports them."""
+    async def _legible_screenshot(self, path: Path, problems: list[str]) -> None:
+        """The whole page at its own CSS resolution (a 1280 px layout gives a 1280 px wide picture, so 12 px
+        text stays 12 px), while the window keeps showing and recording it at the tile's half scale: DevTools
+        draws the page beyond the viewport at a clip scale that undoes the window's device scale."""
+        assert self.page is not None
+        session = await self.page.context.new_cdp_session(self.page)
+        try:
+            metrics = await session.send("Page.getLayoutMetrics")
+            size = metrics["cssContentSize"]
+            width = max(1, math.ceil(size["width"]))
+            height = max(1, math.ceil(size["height"]))
+            if height > MAX_SCREENSHOT_CSS_HEIGHT:
+                problems.append(f"the page is {height} CSS px tall; the screenshot keeps its first "
+                                f"{MAX_SCREENSHOT_CSS_HEIGHT} px")
+                height = MAX_SCREENSHOT_CSS_HEIGHT
+            shot = await session.send("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True, "fromSurface": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1 / DEVICE_SCALE},
+            })
+        finally:
+            with contextlib.suppress(Error):
+                await session.detach()
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    async def video_counters(self, timeout: float = 5.0) -> tuple[int, int] | None:
+        """Read-only: (decoded, dropped) video frames summed over the page's video elements, as the browser
+        counts them; None without a live page, without video, or without an answer in time."""
         if self.page is None or self.crashed:
-            return
-        with contextlib.suppress(TimeoutError, Error):
+            return None
+        try:
             stats = await asyncio.wait_for(
                 self.page.evaluate(
                     "Array.from(document.querySelectorAll('video')).map(v => { const q ="
                     " v.getVideoPlaybackQuality(); return [q.totalVideoFrames, q.droppedVideoFrames]; })"
                 ),
-                5,
+                timeout,
             )
             total = sum(int(item[0]) for item in stats)
             dropped = sum(int(item[1]) for item in stats)
-            if total:
-                self.metrics["video_frames_total"] = float(total)
-                self.metrics["video_frames_dropped"] = float(dropped)
-                self.metrics["video_dropped_share"] = dropped / total
+        except (TimeoutError, Error, TypeError, ValueError, IndexError):
+            return None
+        return (total, dropped) if total else None
+
+    async def playback_quality(self) -> None:
+        """The video counters at the end of the recording, kept in the tile's metrics."""
+        counters = await self.video_counters()
+        if counters is not None:
+            total, dropped = counters
+            self.metrics["video_frames_total"] = float(total)
+            self.metrics["video_frames_dropped"] = float(dropped)
+            self.metrics["video_dropped_share"] = dropped / total
 
     async def certificates(self) -> str | None:
         """The TLS chain (PEM) for an https tile: from the browser if it tells, else a fresh handshake."""

@@ -34,6 +34,7 @@ from capture.environment import check_components, collect_provenance, resolve_ch
 from capture.journal import Journal
 from capture.layout import build_layout
 from capture.recorders import AudioRecorder, Recorder, ScreenRecorder, StreamCopier
+from capture.sync import SyncMonitor, read_frame_times
 from capture.targets import Resolver, Target, TargetPolicy, parse_target, resolve_target, system_resolver
 from capture.trust import describe, install_browser_roots, load_extra_roots
 from evidence import (
@@ -51,15 +52,17 @@ from evidence import (
     Step,
     StepName,
     StepOutcome,
+    SyncQuality,
     TileResult,
     TileStatus,
     UsageError,
 )
-from evidence.layout import write_manifest
+from evidence.layout import FRAME_TIMES, write_manifest
 
 EventSink = Callable[[CaptureEvent], None]
 MAX_STREAMS_PER_TILE = 3
 HEALTH_INTERVAL = 3.0
+VIDEO_SAMPLE_SECONDS = 2.0  # between reads of each tile's video counters
 EPOCH_LEAD_SECONDS = 0.25
 AUDIO_CONNECT_TIMEOUT = 10.0
 
@@ -122,6 +125,7 @@ class CaptureJob:
         self.phase = "starting"  # starting -> recording -> finalizing -> done
         self._launch_monotonic = time.monotonic()
         self.chain = SegmentChain(self.capture_dir, stamp=stamp, stamp_seconds=settings.segment_stamp_seconds)
+        self.sync = SyncMonitor(fps=self.layout.fps)
 
     # -- events and steps ------------------------------------------------------------------------
 
@@ -281,10 +285,14 @@ class CaptureJob:
                 load_step_started = _now()
                 tiles_task = asyncio.create_task(self._run_tiles(playwright, chromium, display, audio))
                 chain_task = asyncio.create_task(self._chain_loop())
+                sync_task = asyncio.create_task(self._sync_loop())
                 with self.step(StepName.RECORD) as notes:
                     try:
                         await self._record_loop(screen, audio_recorder)
                     finally:
+                        sync_task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sync_task
                         await self._end_recording(tiles_task, chain_task, [screen, audio_recorder])
                     notes.append(self._record_summary())
                     notes.append(f"{len(self.chain.entries)} segments chained")
@@ -333,8 +341,12 @@ class CaptureJob:
         elif status != CaptureStatus.COMPLETE:
             failed = [t for t in tile_results if t.status == TileStatus.FAILED]
             status_reason = "; ".join(f"tile {t.tile}: {t.reason}" for t in failed) or "; ".join(assembly.problems)
+        sync = await asyncio.to_thread(self._judge_sync, tile_results)
         with self.step(StepName.MANIFEST) as notes:
             notes.append(f"status {status.value}")
+            if sync is not None:
+                verdicts = ", ".join(f"tile {t.tile} {t.verdict.value}" for t in sync.tiles)
+                notes.append(f"sync: {verdicts}")
         manifest = await asyncio.to_thread(
             build_manifest,
             self.capture_dir,
@@ -349,6 +361,7 @@ class CaptureJob:
             layout=self.layout,
             tiles=tile_results,
             steps=tuple(self.steps),
+            sync=sync,
         )
         write_manifest(self.capture_dir, manifest)
         self.journal.update(phase="done", status=status.value)
@@ -517,10 +530,34 @@ class CaptureJob:
             await asyncio.to_thread(self.chain.poll)
             await asyncio.sleep(1.0)
 
+    async def _sync_loop(self) -> None:
+        """The readings the capture's sync verdict is made of: the CPU every second and each recording tile's
+        video counters every VIDEO_SAMPLE_SECONDS, on loops of their own (a page slow to answer must not stretch
+        the CPU's cadence); a page that does not answer in time is skipped for that round, never waited for."""
+
+        async def cpu() -> None:
+            while True:
+                started = time.time()
+                self.sync.sample_cpu(started)
+                await asyncio.sleep(max(0.1, 1.0 - (time.time() - started)))
+
+        async def video() -> None:
+            while True:
+                started = time.time()
+                recording = [t for t in self.tiles.values() if t.status == TileStatus.RECORDING]
+                answers = await asyncio.gather(*(t.video_counters(timeout=1.5) for t in recording))
+                for tile, counters in zip(recording, answers, strict=True):
+                    if counters is not None:
+                        self.sync.add_video(tile.tile, time.time(), *counters)
+                await asyncio.sleep(max(0.1, VIDEO_SAMPLE_SECONDS - (time.time() - started)))
+
+        await asyncio.gather(cpu(), video())
+
     def _progress_line(self, elapsed: float, limit: float | None) -> str:
         tiles = " ".join(f"{t.tile}:{t.status.value}" for t in self.tiles.values())
         total = f"/{limit:.0f}" if limit else ""
-        return f"recording {elapsed:5.1f}{total} s  {tiles}"
+        warning = self.sync.live_warning()
+        return f"recording {elapsed:5.1f}{total} s  {tiles}" + (f"  ! {warning}" if warning else "")
 
     async def _check_health(self) -> None:
         async def check(tile: TileBrowser) -> None:
@@ -535,6 +572,12 @@ class CaptureJob:
             self._tile_event(tile)
 
         await asyncio.gather(*(check(t) for t in self.tiles.values()))
+
+    def _judge_sync(self, tile_results: tuple[TileResult, ...]) -> SyncQuality | None:
+        frames_csv = self.capture_dir / FRAME_TIMES
+        if not frames_csv.exists():
+            return None
+        return self.sync.judge(read_frame_times(frames_csv), {t.tile: t.status for t in tile_results})
 
     def _record_summary(self) -> str:
         assert self.recording_started is not None

@@ -25,6 +25,7 @@ from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
+from capture.fixtures.media import DEFAULT_PROFILE, PROFILES
 from capture.journal import active_captures
 from capture.layout import build_layout
 from capture.targets import MAX_TILES, TargetPolicy, validate_targets
@@ -42,6 +43,7 @@ from evidence import (
     PreservationRecord,
     Settings,
     StorageError,
+    SyncQuality,
     UsageError,
 )
 from evidence.layout import has_manifest, load_manifest
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = fixture_commands.add_parser("serve", help="serve the demo pages")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                       help="how the rooms' streams are encoded: 360p15 (light, the tests'), 720p30 or 1080p30 "
+                            "(what platforms send: H.264 High at 2.5 or 4.5 Mbit/s; made once, takes minutes)")
 
     recover = commands.add_parser("recover", help="finalize captures interrupted by a crash")
     recover.add_argument("--json", action="store_true")
@@ -339,6 +344,9 @@ def _print_verification(run: Callable[[], VerificationReport], as_json: bool) ->
             print(f"TSA NOT PINNED: the tokens of {', '.join(sorted(report.unpinned_tsas))} verify only against "
                   "roots shipped in the package, which a forger could have made; verify again with --tsa-ca and "
                   "the TSA's published root to prove their time")
+        if report.ok and report.sync is not None:
+            for line in sync_lines(report.sync):
+                print(line)
         if report.ok and not report.third_party_time and any(c.name.startswith("manifest timestamp")
                                                              for c in report.checks):
             print("NO THIRD-PARTY TIME: every timestamp comes from the capturing node's own (local) TSA; it proves "
@@ -348,6 +356,23 @@ def _print_verification(run: Callable[[], VerificationReport], as_json: bool) ->
     # Verified against roots the package brought along is integrity, not proof of origin or time: say it in the
     # exit code too, so `wz verify PACKAGE && accept` cannot accept what a forger's own CA signed.
     return EXIT_OK if report.pinned else EXIT_NOT_PINNED
+
+
+def sync_lines(sync: SyncQuality) -> list[str]:
+    """The capture's own sync verdict, as the signed manifest states it, one line per tile."""
+    lines = []
+    if sync.composite is not None:
+        c = sync.composite
+        lines.append(f"SYNC composite: {c.frames} frames at {c.fps} fps, interval p50 {c.interval_p50_ms:g} ms, "
+                     f"p95 {c.interval_p95_ms:g} ms, max {c.interval_max_ms:g} ms at {c.longest_gap_at_seconds:g} s, "
+                     f"{c.late_frames} late")
+    for tile in sync.tiles:
+        spans = "; ".join(f"{s.cause.value} {s.start_seconds:g}-{s.end_seconds:g} s (worst {s.worst:g}, bound "
+                          f"{s.bound:g})" for s in tile.spans)
+        dropped = f", {tile.dropped_share:.2%} of video frames dropped" if tile.dropped_share is not None else ""
+        lines.append(f"SYNC tile {tile.tile}: {tile.verdict.value}{dropped}" + (f": {spans}" if spans else "")
+                     + (f" ({tile.remark})" if tile.remark else ""))
+    return lines
 
 
 _SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
@@ -458,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fixtures":
             from capture.fixtures import serve_forever
 
-            serve_forever(settings.fixtures_dir, args.host, args.port)
+            serve_forever(settings.fixtures_dir, args.host, args.port, args.profile)
             return EXIT_OK
         if args.command == "recover":
             done = _recover(settings)

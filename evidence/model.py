@@ -244,6 +244,68 @@ class Provenance(Frozen):
     browser_profile: str
 
 
+class SyncVerdict(StrEnum):
+    IN_SYNC = "in-sync"  # every composite frame on time and no tile's browser dropping frames
+    DEGRADED = "degraded"  # see the spans: when, what and how much
+    NOT_MEASURED = "not-measured"  # the tile never recorded (failed), or nothing could be read
+
+
+class DegradedCause(StrEnum):
+    COMPOSITE_LATE = "composite-late"  # the screen grab fell behind: frames came more than one frame late
+    BROWSER_DROPPED = "browser-dropped"  # the tile's browser dropped more than 1 % of its video frames
+
+
+class DegradedSpan(Frozen):
+    """A stretch of the recording, in seconds of the composite, where a measure fell outside its bound."""
+
+    cause: DegradedCause
+    start_seconds: float
+    end_seconds: float
+    worst: float  # the worst figure inside: a frame interval in ms, or a dropped share
+    bound: float  # the figure it went past
+
+
+class CompositeTiming(Frozen):
+    """The composite's own frame intervals, from the grab times of every frame (frames.csv)."""
+
+    fps: int
+    frames: int
+    interval_p50_ms: float
+    interval_p95_ms: float
+    interval_max_ms: float
+    longest_gap_at_seconds: float  # where the longest interval begins, in seconds of the composite
+    late_frames: int  # intervals longer than two frame periods: a frame was missed there
+
+
+class MachineLoad(Frozen):
+    """How busy the machine was while recording (all cores, from /proc/stat, sampled about once a second)."""
+
+    cores: int
+    samples: int
+    busy_mean: float
+    busy_p95: float
+    saturated_seconds: float  # seconds with every core at least 95 % busy
+
+
+class TileSync(Frozen):
+    tile: int = Field(ge=1, le=9)
+    verdict: SyncVerdict
+    video_frames_decoded: int | None = None  # what the tile's browser reported over the recording
+    video_frames_dropped: int | None = None
+    dropped_share: float | None = None
+    spans: tuple[DegradedSpan, ...] = ()
+    remark: str = ""
+
+
+class SyncQuality(Frozen):
+    """The capture's own measure of its synchronization, signed and timestamped with the rest of the manifest."""
+
+    method: str
+    composite: CompositeTiming | None
+    machine: MachineLoad | None
+    tiles: tuple[TileSync, ...]
+
+
 class Manifest(Frozen):
     """Everything a capture kept and everything that happened to it."""
 
@@ -260,6 +322,8 @@ class Manifest(Frozen):
     tiles: tuple[TileResult, ...]
     steps: tuple[Step, ...]
     artifacts: tuple[Artifact, ...]
+    # Absent from manifests made before captures measured their own synchronization.
+    sync: SyncQuality | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -56,6 +56,7 @@ from evidence import (
     IntegrityError,
     Manifest,
     PreservationRecord,
+    SyncQuality,
     TimestampRecord,
     TimestampStatus,
 )
@@ -106,6 +107,7 @@ class VerificationReport:
     origin_pinned: bool = False
     unpinned_tsas: set[str] = field(default_factory=set)  # external TSAs trusted only by roots from the evidence
     third_party_time: bool = False  # a manifest token verified that chains to a root other than the node's
+    sync: SyncQuality | None = None  # the capture's own sync verdict, as its (checked) manifest states it
 
     @property
     def ok(self) -> bool:
@@ -141,7 +143,8 @@ class VerificationReport:
         return {"target": self.target, "ok": self.ok, "origin_pinned": self.origin_pinned,
                 "tsa_pinned": self.tsa_pinned, "unpinned_tsas": sorted(self.unpinned_tsas),
                 "third_party_time": self.third_party_time, "pinned": self.pinned,
-                "checks": [asdict(c) for c in self.checks]}
+                "checks": [asdict(c) for c in self.checks],
+                "sync": self.sync.model_dump(mode="json") if self.sync is not None else None}
 
     def raise_for_failures(self) -> None:
         if not self.ok:
@@ -608,6 +611,7 @@ def verify_source(report: VerificationReport, source: EvidenceSource, trust: Tru
     except _READ_ERRORS as exc:
         report.add("manifest readable", MANIFEST, False, str(exc))
         return None, None
+    report.sync = manifest.sync
     record = None
     try:
         if source.exists(PRESERVATION):

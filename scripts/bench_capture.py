@@ -1,9 +1,10 @@
 """Capture benchmark: record 1, 2, 4 and 6 demo tiles with `wz capture` and measure what it costs.
 
-Run through `scripts/bench capture [--tiles 1,2,4,6] [--duration 30] [--json FILE]`.
+Run through `scripts/bench capture [--profile 720p30] [--tiles 1,2,4,6] [--duration 30] [--json FILE]`.
 
-For each tile count N the demo rooms 1..min(N, 5) are recorded (the 6th tile is the product page, since there are
-five rooms). Per run it reports, from the time codes the demo pages draw and from the process tree of `wz capture`:
+For each tile count N the demo rooms 1..N are recorded, their streams encoded as --profile says (default 720p30:
+1280x720 at 30 fps, H.264 High at 2.5 Mbit/s, as livestream platforms send; 360p15 is the light rooms of the tests).
+Per run it reports, from the time codes the demo pages draw and from the process tree of `wz capture`:
 
 - each tile's distinct frames per second, after the first seconds while pages load, counted two ways: per `fps`
   composite frames (capture.analysis.sync_report) and per wall-clock second (frames.csv), since the composite is
@@ -49,16 +50,18 @@ from typing import Any
 import psutil
 
 from capture.analysis import sync_report, tile_timecodes
-from capture.fixtures import PATH_PRODUCT, FixtureServer, live_path
+from capture.fixtures import FixtureServer, live_path
+from capture.fixtures.media import PROFILES, ROOM_TONES
 from capture.timecode import timecode_delta_ms, timecode_from_epoch_ms
 from evidence import Manifest, StepName
 from evidence.layout import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 WZ = REPO / ".venv" / "bin" / "wz"
-ROOMS = 5
-MAX_TILES = ROOMS + 1
+ROOMS = len(ROOM_TONES)
+MAX_TILES = ROOMS
 DEFAULT_TILES = (1, 2, 4, 6)
+DEFAULT_PROFILE = "720p30"
 DEFAULT_DURATION = 30.0
 DEFAULT_SKIP = 8.0
 SAMPLE_INTERVAL = 0.5
@@ -336,10 +339,7 @@ def free_s3_port() -> int:
 
 
 def tile_urls(base_url: str, tiles: int) -> list[str]:
-    urls = [base_url + live_path(room) for room in range(1, min(tiles, ROOMS) + 1)]
-    if tiles > ROOMS:
-        urls.append(base_url + PATH_PRODUCT)
-    return urls
+    return [base_url + live_path(room) for room in range(1, min(tiles, ROOMS) + 1)]
 
 
 def frame_epochs(capture_dir: Path) -> list[float]:
@@ -688,10 +688,13 @@ def markdown(runs: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def render(runs: list[RunResult], duration: float, skip: float) -> str:
+def render(runs: list[RunResult], duration: float, skip: float, profile: str) -> str:
+    room = PROFILES[profile]
+    stream = (f"H.264 High {room.video_kbps} kbit/s" if room.video_kbps else "H.264 baseline, constant quality")
     parts = [
         f"Capture benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {duration:g} s per run, demo rooms "
-        f"(6th tile = product page), frame rates and skew measured after the first {skip:g} s.",
+        f"{room.name} ({room.width}x{room.height} at {room.fps} fps, {stream}, AAC {room.audio_kbps} kbit/s), "
+        f"frame rates and skew measured after the first {skip:g} s.",
         f"Machine: {machine_line()}.",
         "",
         markdown(runs),
@@ -723,6 +726,8 @@ def parse_tiles(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scripts/bench capture", description=__doc__.splitlines()[0] if __doc__
                                      else None)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                        help="how the demo rooms' streams are encoded (default: 720p30, what platforms send)")
     parser.add_argument("--tiles", type=parse_tiles, default=list(DEFAULT_TILES),
                         help="comma-separated tile counts to record (default: 1,2,4,6)")
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds per capture (default: 30)")
@@ -780,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[RunResult] = []
     print(f"bench: preparing the demo pages in {args.cache} (the first time takes a while)", file=sys.stderr,
           flush=True)
-    with FixtureServer(args.cache) as server, work_directory(args.keep) as workdir:
+    with FixtureServer(args.cache, profile=args.profile) as server, work_directory(args.keep) as workdir:
         for tiles in args.tiles:
             run = run_capture(server.base_url, tiles, args.duration, args.skip, workdir, pss=args.pss)
             runs.append(run)
@@ -791,12 +796,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"bench: its logs are kept in {kept}", file=sys.stderr, flush=True)
         if args.keep is not None:
             print(f"bench: captures kept in {workdir}", file=sys.stderr)
-    print(render(runs, args.duration, args.skip))
+    print(render(runs, args.duration, args.skip, args.profile))
     if args.json is not None:
         target_run = next((r for r in runs if r.tiles == TARGET_TILES), None)
         document = {
             "generated_at": datetime.now(UTC).isoformat(),
             "machine": machine_line(),
+            "profile": args.profile,
             "duration_seconds": args.duration,
             "skip_seconds": args.skip,
             "sample_interval_seconds": SAMPLE_INTERVAL,

@@ -25,7 +25,7 @@ from capture.fixtures import (
     flv_path,
     live_path,
 )
-from evidence import ArtifactRole, CaptureStatus, Manifest, StepName, TileStatus
+from evidence import ArtifactRole, CaptureStatus, Manifest, StepName, SyncVerdict, TileStatus
 from evidence.layout import load_manifest
 from hashing import digest_file
 from storage import S3Endpoint
@@ -138,6 +138,28 @@ def test_frame_times_cover_every_composite_frame(four_rooms: tuple[Manifest, Pat
     assert abs((epochs[-1] - epochs[0]) - DURATION) < 1.0
 
 
+def test_the_capture_measures_its_own_sync_and_signs_the_verdict(four_rooms: tuple[Manifest, Path, dict]) -> None:
+    manifest, out, _ = four_rooms
+    sync = manifest.sync
+    assert sync is not None and sync.method
+    assert sync.composite is not None
+    rows = (out / "frames.csv").read_text().splitlines()
+    assert sync.composite.frames == len(rows) - 1 and sync.composite.fps == 15
+    assert 60 < sync.composite.interval_p50_ms < 73  # 66.7 ms at 15 fps
+    assert sync.machine is not None and sync.machine.samples >= DURATION * 0.7  # about one a second
+    assert 0 < sync.machine.busy_mean <= 1
+    by_tile = {t.tile: t for t in sync.tiles}
+    assert sorted(by_tile) == [1, 2, 3, 4]
+    for room in (1, 2, 3):  # the rooms play video: their browsers counted its frames
+        tile = by_tile[room]
+        assert tile.verdict in (SyncVerdict.IN_SYNC, SyncVerdict.DEGRADED)
+        assert tile.video_frames_decoded and tile.video_frames_decoded > DURATION * 15 * 0.5, tile
+        assert tile.verdict == SyncVerdict.IN_SYNC or tile.spans, tile  # degraded always says when and how much
+    assert by_tile[4].video_frames_decoded is None and "no video" in by_tile[4].remark
+    manifest_step = next(s for s in manifest.steps if s.name == StepName.MANIFEST)
+    assert "sync: tile 1 " in manifest_step.detail
+
+
 def test_tile_videos_are_cut_at_full_tile_resolution(four_rooms: tuple[Manifest, Path, dict]) -> None:
     manifest, out, _ = four_rooms
     for tile in manifest.tiles:
@@ -164,7 +186,10 @@ def test_page_artifacts_and_stream_copies(four_rooms: tuple[Manifest, Path, dict
         assert tile.http_status == 200 and tile.final_url == tile.url and tile.remote_ip == "127.0.0.1"
         assert tile.title
     product_shot = cv2.imread(str(out / "tiles" / "4" / "screenshot-start.png"))
-    assert product_shot.shape[0] > 2 * 360  # full page, not just the window
+    # Full page, not just the window, and legible: at the page's own CSS width (1280 px), not the tile's half.
+    assert product_shot.shape[1] == 1280 and product_shot.shape[0] > 2 * 720, product_shot.shape
+    room_shot = cv2.imread(str(out / "tiles" / "1" / "screenshot-end.png"))
+    assert room_shot.shape[1] == 1280, room_shot.shape
     for room in (1, 2, 3):
         tile = manifest.tiles[room - 1]
         assert any(u.endswith(".m3u8") for u in tile.media_urls)
@@ -241,6 +266,10 @@ def test_failed_tiles_are_recorded_and_the_others_go_on(demo_server: FixtureServ
     assert abs(frequency - ROOM_TONES[4]) < 5
     load = next(s for s in manifest.steps if s.name == StepName.LOAD)
     assert load.outcome.value == "partial" and "HTTP 404" in load.detail
+    assert manifest.sync is not None  # failed tiles are not judged; the recorded one is
+    verdicts = {t.tile: t.verdict for t in manifest.sync.tiles}
+    assert verdicts[1] == verdicts[5] == SyncVerdict.NOT_MEASURED
+    assert verdicts[4] in (SyncVerdict.IN_SYNC, SyncVerdict.DEGRADED)
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

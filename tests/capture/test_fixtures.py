@@ -35,7 +35,16 @@ from capture.fixtures import (
     live_playlist_path,
     page_paths,
 )
-from capture.fixtures.media import SEGMENT_COUNT, room_dir
+from capture.fixtures.media import (
+    MEDIA_VERSION,
+    PROFILES,
+    SEGMENT_COUNT,
+    MediaProfile,
+    make_room,
+    media_dir_name,
+    media_profile,
+    room_dir,
+)
 from capture.timecode import (
     TIMECODE_CELL_CSS_PX,
     TIMECODE_CELLS,
@@ -106,7 +115,7 @@ def test_media_is_cached_and_complete(server: FixtureServer, cache_dir: pathlib.
     assert ensure_media(cache_dir) == root
     assert time.monotonic() - started < 1.0, "a complete cache must be reused, not rebuilt"
     assert (root / "manifest.json").stat().st_mtime_ns == before
-    leftovers = [p.name for p in cache_dir.iterdir() if p.name.startswith(".fixture-media-v1-")]
+    leftovers = [p.name for p in cache_dir.iterdir() if p.name.startswith(f".{media_dir_name()}-")]
     assert leftovers == []
 
 
@@ -118,7 +127,7 @@ def test_incomplete_media_is_rebuilt(server: FixtureServer, tmp_path: pathlib.Pa
     missing.unlink()
     assert ensure_media(tmp_path) == copy
     assert missing.stat().st_size > 0
-    assert json.loads((copy / "manifest.json").read_text())["version"] == 1
+    assert json.loads((copy / "manifest.json").read_text())["version"] == MEDIA_VERSION
 
 
 def _ffprobe_streams(path: pathlib.Path) -> list[dict[str, object]]:
@@ -144,6 +153,39 @@ def test_segment_codecs(server: FixtureServer) -> None:
     assert video[0]["r_frame_rate"] == "15/1"
     assert audio[0]["codec_name"] == "aac"
     assert audio[0]["sample_rate"] == "48000"
+
+
+def test_profiles_are_named_and_an_unknown_one_is_refused() -> None:
+    assert set(PROFILES) == {"360p15", "720p30", "1080p30"}
+    assert (PROFILES["720p30"].width, PROFILES["720p30"].height, PROFILES["720p30"].fps) == (1280, 720, 30)
+    with pytest.raises(ValueError, match="360p15, 720p30, 1080p30"):
+        media_profile("4k60")
+    with pytest.raises(ValueError):
+        FixtureServer(pathlib.Path("/nonexistent"), profile="4k60")
+
+
+@pytest.mark.integration
+def test_a_platform_like_room_is_encoded_as_platforms_send(tmp_path: pathlib.Path) -> None:
+    """The realistic profiles' encoding, on a small picture so it is quick: H.264 High with B-frames, the frame
+    rate asked for, a keyframe at every 2 s segment start, and the bit rate really spent (grain), at constant
+    rate."""
+    small = MediaProfile("test", 320, 180, 30, 800, 64)
+    out = tmp_path / "room"
+    make_room(out, 2, ROOM_TONES[2], small)
+    segment = out / "seg010.ts"
+    video = next(s for s in _ffprobe_streams(segment) if s["codec_type"] == "video")
+    assert (video["profile"], video["width"], video["height"], video["r_frame_rate"]) == ("High", 320, 180, "30/1")
+    assert int(str(video["has_b_frames"])) > 0
+    frames = subprocess.run(
+        [_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame,pict_type",
+         "-of", "csv=p=0", str(segment)],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()
+    assert len(frames) == 60 and frames[0].startswith("1") and sum(f.startswith("1") for f in frames) == 1
+    assert any(f.endswith("B") for f in frames)
+    kbps = sum(p.stat().st_size for p in out.glob("seg*.ts")) * 8 / 1000 / 60
+    assert 800 * 0.85 < kbps < 800 * 1.5, kbps  # the video's rate, audio and the transport stream's overhead
+    assert abs(_dominant_frequency(segment) - ROOM_TONES[2]) < 3.0
 
 
 def _dominant_frequency(segment: pathlib.Path) -> float:
@@ -195,7 +237,7 @@ def test_page_status(server: FixtureServer, key: str) -> None:
 @pytest.mark.integration
 def test_unknown_path_is_404(server: FixtureServer) -> None:
     assert _get(server.url("/no/such/page"))[0] == 404
-    assert _get(server.url("/live/9"))[0] == 404
+    assert _get(server.url(f"/live/{max(ROOM_TONES) + 1}"))[0] == 404
     assert _get(server.url("/live/1/seg999.ts"))[0] == 404
 
 

@@ -4,6 +4,7 @@ TSA, OpenSSL and PostgreSQL; exported packages checked offline, by `wz verify` a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -83,6 +84,11 @@ def test_the_package_verifies_offline_and_online(preserved: tuple[dict[str, Any]
     assert report["ok"] and not report["origin_pinned"] and not report["third_party_time"]
     pinned = wz(["verify", str(package), "--ca", str(directory / "certs" / "local-ca.pem")], offline)
     assert pinned.returncode == 0 and "NO THIRD-PARTY TIME" in pinned.stdout, pinned.stdout[-2000:]
+    # The capture's own sync verdict, as the verified manifest states it.
+    assert re.search(r"^SYNC tile 1: (in-sync|degraded|not-measured)", pinned.stdout, flags=re.M), pinned.stdout
+    assert "SYNC composite: " in pinned.stdout
+    assert [t["tile"] for t in report["sync"]["tiles"]] == [t["tile"] for t in json.loads(
+        (directory / "manifest.json").read_text())["tiles"]]
     names = {c["name"] for c in report["checks"]}
     assert {"package index signature", "SHA-256 of file", "SM3 of file", "artifact matches manifest",
             "manifest signature (CMS)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from evidence import CustodyAction
-from evidence.model import ArtifactRole, StepName, StepOutcome, TileStatus
+from evidence.model import ArtifactRole, DegradedCause, StepName, StepOutcome, SyncVerdict, TileStatus
 from service.report import REPORT_LABELS
 from viewer import STATIC_DIR
 
@@ -47,6 +47,7 @@ def test_every_string_the_viewer_asks_for_is_translated() -> None:
     used |= {f"state.{s}" for s in STATES} | {f"role.{r}" for r in ROLES} | {f"capture.{c}" for c in CAPTURE_STATES}
     used |= {f"phase.{p}" for p in PHASES} | {f"mark.kind.{k}" for k in MARK_KINDS}
     used |= {f"action.{a.value}" for a in CustodyAction} | {f"tile.{s.value}" for s in TileStatus}
+    used |= {f"quality.verdict.{v.value}" for v in SyncVerdict} | {f"quality.cause.{c.value}" for c in DegradedCause}
     # The evidence index's roles: every manifest role, and the files preservation adds (service/index.py).
     used |= {f"artifact.{r.value}" for r in ArtifactRole} | {f"artifact.{role}" for role in (
         "report", "manifest", "signature", "timestamp-request", "timestamp", "certificate", "record")}

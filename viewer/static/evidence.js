@@ -419,19 +419,60 @@ function provenanceFacts(provenance) {
     [h("dt", {}, t(key)), h("dd", { class: "wrap" }, value ?? "—")]));
 }
 
+function spanText(span) {
+  const worst = span.cause === "composite-late" ? `${Math.round(span.worst)} ms` : `${(span.worst * 100).toFixed(1)} %`;
+  const bound = span.cause === "composite-late" ? `${Math.round(span.bound)} ms` : `${(span.bound * 100).toFixed(0)} %`;
+  const at = (seconds) => `${formatSeconds(Math.floor(seconds))}.${Math.floor((seconds % 1) * 10)}`;
+  return t("quality.span", { from: at(span.start_seconds), to: at(span.end_seconds),
+    cause: t(`quality.cause.${span.cause}`), worst, bound });
+}
+
+// The two remarks the capture makes itself are said in the viewer's language; any other as the manifest has it.
+function remarkOf(verdict) {
+  if (verdict.verdict === "not-measured" && verdict.remark === "the tile did not record") {
+    return h("div", { class: "muted" }, t("quality.not_recorded"));
+  }
+  if (verdict.video_frames_decoded == null && verdict.verdict !== "not-measured") {
+    return h("div", { class: "muted" }, t("quality.no_video"));
+  }
+  return verdict.remark ? h("div", { class: "muted" }, verdict.remark) : null;
+}
+
+// The capture's own measure of its synchronization (signed with the manifest); older manifests have none, and
+// then only the browser's counters at the end are shown.
 function quality(manifest) {
+  const sync = manifest.sync;
+  const judged = new Map(((sync && sync.tiles) || []).map((tile) => [tile.tile, tile]));
   const rows = manifest.tiles.map((tile) => {
     const metrics = tile.metrics || {};
-    const verdict = tile.sync || metrics.sync_verdict;
-    const dropped = metrics.video_dropped_share;
+    const verdict = judged.get(tile.tile);
+    const decoded = verdict ? verdict.video_frames_decoded : metrics.video_frames_total;
+    const dropped = verdict ? verdict.dropped_share : metrics.video_dropped_share;
     return h("tr", {},
       h("td", {}, String(tile.tile)),
-      h("td", {}, metrics.video_frames_total != null ? String(metrics.video_frames_total) : "—"),
-      h("td", {}, dropped != null ? `${(dropped * 100).toFixed(2)} %` : "—"),
-      h("td", { class: "wrap" }, verdict ? (typeof verdict === "string" ? verdict : JSON.stringify(verdict))
-        : t("quality.no_verdict")));
+      h("td", {}, verdict ? h("span", { class: `badge sync-${verdict.verdict}` }, t(`quality.verdict.${verdict.verdict}`))
+        : t("quality.no_verdict")),
+      h("td", { class: "number" }, decoded != null ? String(decoded) : "—"),
+      h("td", { class: "number" }, dropped != null ? `${(dropped * 100).toFixed(2)} %` : "—"),
+      h("td", { class: "wrap" }, ...(verdict ? [...verdict.spans.map((span) => h("div", {}, spanText(span))),
+        remarkOf(verdict)] : ["—"])));
   });
-  return table("quality.title", ["cap.tile", "quality.frames", "quality.dropped", "quality.verdict"], rows);
+  const parts = [];
+  if (sync && sync.composite) {
+    const c = sync.composite;
+    parts.push(h("p", { id: "composite-timing" }, t("quality.composite", { fps: c.fps, frames: c.frames,
+      p50: c.interval_p50_ms, p95: c.interval_p95_ms, max: c.interval_max_ms, at: formatSeconds(c.longest_gap_at_seconds),
+      late: c.late_frames })));
+  }
+  if (sync && sync.machine) {
+    const m = sync.machine;
+    parts.push(h("p", {}, t("quality.machine", { cores: m.cores, mean: Math.round(m.busy_mean * 100),
+      p95: Math.round(m.busy_p95 * 100), saturated: m.saturated_seconds })));
+  }
+  parts.push(table("quality.title", ["cap.tile", "quality.verdict", "quality.frames", "quality.dropped",
+    "quality.spans"], rows));
+  if (sync) parts.push(h("details", {}, h("summary", {}, t("quality.method")), h("p", { class: "wrap" }, sync.method)));
+  return parts;
 }
 
 function custodyTable(custody) {

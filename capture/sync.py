@@ -1,0 +1,213 @@
+"""A capture measures its own synchronization, so a court need not trust a benchmark run months earlier.
+
+While recording: the machine's CPU (all cores, /proc/stat, once a second) and each tile's video frames as its
+browser reports them (decoded and dropped, read-only, every few seconds). After assembly: the composite's frame
+intervals from the grab time of every frame (frames.csv). From these, a verdict per tile: `in-sync` when every
+composite frame came within two frame periods of the last (the screen is grabbed whole, so every tile of a frame is
+from the same instant) and the tile's browser dropped no more than 1 % of its video frames in any window;
+`degraded` with when and how much otherwise; `not-measured` for a tile that never recorded.
+
+It reads; it changes nothing on the pages and never slows the recording (a page that does not answer within the
+sampling deadline is skipped for that round).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evidence import (
+    CompositeTiming,
+    DegradedCause,
+    DegradedSpan,
+    MachineLoad,
+    SyncQuality,
+    SyncVerdict,
+    TileStatus,
+    TileSync,
+)
+
+SATURATED_BUSY = 0.95  # the share of all cores' time that counts as saturated
+DROPPED_BOUND = 0.01  # a window with more of the tile's video frames dropped is degraded
+LATE_PERIODS = 2.0  # a composite interval over two frame periods means at least one frame was missed
+MIN_WINDOW_FRAMES = 10  # fewer decoded frames in a window say nothing about a dropped share
+SPAN_JOIN_SECONDS = 1.0  # spans closer than this are one span
+LIVE_WINDOW_SAMPLES = 3
+
+METHOD = (
+    "composite: the interval between the grab times of consecutive frames (frames.csv); a frame later than "
+    f"{LATE_PERIODS:g} frame periods after the one before is late. Browser: each tile's video elements' decoded "
+    "and dropped frame counters (getVideoPlaybackQuality), read-only, every few seconds; a window with more than "
+    f"{DROPPED_BOUND:.0%} dropped is degraded. Machine: /proc/stat of all cores about once a second; "
+    f"saturated at {SATURATED_BUSY:.0%} busy or more. A tile is in-sync when no composite frame was late and its "
+    "browser dropped no more than the bound in any window while it recorded."
+)
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all cores since boot, or None where /proc/stat cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    values = [float(v) for v in fields[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+@dataclass
+class VideoReading:
+    at: float  # epoch seconds
+    decoded: int  # cumulative, as the page reports it
+    dropped: int
+
+
+@dataclass
+class SyncMonitor:
+    """Collects the readings during the recording and judges them once the composite exists."""
+
+    fps: int
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # (epoch, busy share since the reading before)
+    video: dict[int, list[VideoReading]] = field(default_factory=dict)
+    _last_cpu: tuple[float, float] | None = None
+
+    def sample_cpu(self, now: float) -> None:
+        times = _cpu_times()
+        if times is None:
+            return
+        if self._last_cpu is not None:
+            busy = times[0] - self._last_cpu[0]
+            total = times[1] - self._last_cpu[1]
+            if total > 0:
+                self.cpu.append((now, min(1.0, max(0.0, busy / total))))
+        self._last_cpu = times
+
+    def add_video(self, tile: int, now: float, decoded: int, dropped: int) -> None:
+        self.video.setdefault(tile, []).append(VideoReading(now, decoded, dropped))
+
+    def live_warning(self) -> str:
+        """What to say on the progress line when the machine is not keeping up; empty when it is."""
+        problems = []
+        recent = [busy for _, busy in self.cpu[-LIVE_WINDOW_SAMPLES:]]
+        if len(recent) == LIVE_WINDOW_SAMPLES and min(recent) >= SATURATED_BUSY:
+            problems.append(f"every core busy for {LIVE_WINDOW_SAMPLES} s")
+        for tile, readings in sorted(self.video.items()):
+            windows = _windows(readings)
+            if windows:
+                _, _, decoded, dropped = windows[-1]
+                if decoded >= MIN_WINDOW_FRAMES and dropped / decoded > DROPPED_BOUND:
+                    problems.append(f"tile {tile} dropping {dropped / decoded:.0%} of its video frames")
+        return ("machine not keeping up: " + "; ".join(problems)) if problems else ""
+
+    def judge(self, frames: list[tuple[float, float]], statuses: dict[int, TileStatus]) -> SyncQuality:
+        """`frames`: (composite seconds, epoch seconds) of every composite frame; `statuses`: each tile's end."""
+        origin = frames[0][1] - frames[0][0] if frames else 0.0
+        composite, late_spans = _composite_timing(frames, self.fps)
+        tiles = []
+        for tile, status in sorted(statuses.items()):
+            if status == TileStatus.FAILED:
+                tiles.append(TileSync(tile=tile, verdict=SyncVerdict.NOT_MEASURED, remark="the tile did not record"))
+                continue
+            readings = self.video.get(tile, [])
+            spans = list(late_spans) + _dropped_spans(readings, origin)
+            decoded, dropped = _totals(readings)
+            remark = "" if readings else "no video on the page: its browser reported no video frames"
+            if composite is None:
+                verdict, remark = SyncVerdict.NOT_MEASURED, "no composite frames to measure"
+            else:
+                verdict = SyncVerdict.DEGRADED if spans else SyncVerdict.IN_SYNC
+            tiles.append(TileSync(
+                tile=tile, verdict=verdict, video_frames_decoded=decoded if readings else None,
+                video_frames_dropped=dropped if readings else None,
+                dropped_share=round(dropped / decoded, 5) if decoded else None,
+                spans=tuple(sorted(spans, key=lambda s: s.start_seconds)), remark=remark,
+            ))
+        return SyncQuality(method=METHOD, composite=composite, machine=self._machine_load(), tiles=tuple(tiles))
+
+    def _machine_load(self) -> MachineLoad | None:
+        if not self.cpu:
+            return None
+        shares = [busy for _, busy in self.cpu]
+        saturated = 0.0
+        for (before, _), (at, busy) in itertools.pairwise(self.cpu):
+            if busy >= SATURATED_BUSY:
+                saturated += at - before
+        return MachineLoad(cores=self.cores, samples=len(shares), busy_mean=round(sum(shares) / len(shares), 4),
+                           busy_p95=round(_percentile(shares, 0.95), 4), saturated_seconds=round(saturated, 1))
+
+
+def read_frame_times(path: Path) -> list[tuple[float, float]]:
+    """(composite seconds, epoch seconds) of every frame in frames.csv."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [(float(row["composite_seconds"]), float(row["epoch_seconds"])) for row in csv.DictReader(handle)]
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def _composite_timing(frames: list[tuple[float, float]], fps: int) -> tuple[CompositeTiming | None,
+                                                                             list[DegradedSpan]]:
+    if len(frames) < 2:
+        return None, []
+    intervals = [(b[1] - a[1]) * 1000 for a, b in itertools.pairwise(frames)]
+    bound = LATE_PERIODS * 1000 / fps
+    longest = max(range(len(intervals)), key=intervals.__getitem__)
+    late = [(frames[i][0], frames[i + 1][0], ms) for i, ms in enumerate(intervals) if ms > bound]
+    timing = CompositeTiming(
+        fps=fps, frames=len(frames), interval_p50_ms=round(_percentile(intervals, 0.5), 1),
+        interval_p95_ms=round(_percentile(intervals, 0.95), 1), interval_max_ms=round(intervals[longest], 1),
+        longest_gap_at_seconds=round(frames[longest][0], 3), late_frames=len(late),
+    )
+    return timing, _joined(DegradedCause.COMPOSITE_LATE, late, round(bound, 1))
+
+
+def _windows(readings: list[VideoReading]) -> list[tuple[float, float, int, int]]:
+    """(start, end, decoded, dropped) between consecutive readings; a counter that went down started again
+    (the page replaced its video element), so its new value is the window's count."""
+    windows = []
+    for before, after in itertools.pairwise(readings):
+        restarted = after.decoded < before.decoded or after.dropped < before.dropped
+        decoded = after.decoded if restarted else after.decoded - before.decoded
+        dropped = after.dropped if restarted else after.dropped - before.dropped
+        windows.append((before.at, after.at, decoded, dropped))
+    return windows
+
+
+def _totals(readings: list[VideoReading]) -> tuple[int, int]:
+    if not readings:
+        return 0, 0
+    decoded, dropped = readings[0].decoded, readings[0].dropped
+    for _, _, window_decoded, window_dropped in _windows(readings):
+        decoded += window_decoded
+        dropped += window_dropped
+    return decoded, dropped
+
+
+def _dropped_spans(readings: list[VideoReading], origin: float) -> list[DegradedSpan]:
+    bad = [(start - origin, end - origin, dropped / decoded) for start, end, decoded, dropped in _windows(readings)
+           if decoded >= MIN_WINDOW_FRAMES and dropped / decoded > DROPPED_BOUND]
+    return _joined(DegradedCause.BROWSER_DROPPED, bad, DROPPED_BOUND)
+
+
+def _joined(cause: DegradedCause, stretches: list[tuple[float, float, float]], bound: float) -> list[DegradedSpan]:
+    """Stretches (start, end, figure) closer than SPAN_JOIN_SECONDS as one span each, with the worst figure."""
+    spans: list[list[float]] = []
+    for start, end, figure in sorted(stretches):
+        if spans and start - spans[-1][1] <= SPAN_JOIN_SECONDS:
+            spans[-1][1] = max(spans[-1][1], end)
+            spans[-1][2] = max(spans[-1][2], figure)
+        else:
+            spans.append([start, end, figure])
+    return [DegradedSpan(cause=cause, start_seconds=round(max(0.0, s), 3), end_seconds=round(max(0.0, e), 3),
+                         worst=round(w, 4), bound=bound) for s, e, w in spans]
