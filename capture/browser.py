@@ -153,6 +153,8 @@ class TileBrowser:
         self.browser: Browser | None = None
         self.page: Page | None = None
         self._network: CDPSession | None = None  # asks for TLS certificates; see launch()
+        self._probe: asyncio.Future[Any] | None = None  # the liveness probe still awaiting the renderer's answer
+        self._probe_sent = 0.0
         self.status = TileStatus.PENDING
         self.reason = ""
         self.http_status: int | None = None
@@ -303,15 +305,20 @@ class TileBrowser:
         if self.status == TileStatus.LOADING:
             self.status = TileStatus.RECORDING
 
-    async def responsive(self, timeout: float = 5.0) -> bool:
-        """Whether the renderer still answers; a hung page never does."""
+    def unanswered_seconds(self) -> float:
+        """How long the renderer has left a liveness probe (`0`) unanswered; 0 when it answered the last one, and
+        then a new one goes out. A probe is never given up on: a renderer starved of CPU by heavy streams answers
+        late, and only one that does not answer for long is hung (an error is an answer: the renderer is alive)."""
         if self.page is None or self.crashed:
-            return False
-        try:
-            await asyncio.wait_for(self.page.evaluate("0"), timeout)
-        except (TimeoutError, Error):
-            return False
-        return True
+            return math.inf
+        now = time.monotonic()
+        if self._probe is not None and not self._probe.done():
+            return now - self._probe_sent
+        if self._probe is not None and not self._probe.cancelled():
+            self._probe.exception()  # an error answers too; fetched so it is not reported as never retrieved
+        self._probe = asyncio.ensure_future(self.page.evaluate("0"))
+        self._probe_sent = now
+        return 0.0
 
     # -- page artifacts --------------------------------------------------------------------------
 
@@ -367,7 +374,7 @@ class TileBrowser:
 
     async def video_counters(self, timeout: float = 5.0) -> tuple[int, int] | None:
         """Read-only: (decoded, dropped) video frames summed over the page's video elements, as the browser
-        counts them; None without a live page, without video, or without an answer in time."""
+        counts them ((0, 0) on a page without video); None without a live page or without an answer in time."""
         if self.page is None or self.crashed:
             return None
         try:
@@ -382,12 +389,12 @@ class TileBrowser:
             dropped = sum(int(item[1]) for item in stats)
         except (TimeoutError, Error, TypeError, ValueError, IndexError):
             return None
-        return (total, dropped) if total else None
+        return total, dropped
 
     async def playback_quality(self) -> None:
         """The video counters at the end of the recording, kept in the tile's metrics."""
         counters = await self.video_counters()
-        if counters is not None:
+        if counters is not None and counters[0]:
             total, dropped = counters
             self.metrics["video_frames_total"] = float(total)
             self.metrics["video_frames_dropped"] = float(dropped)
@@ -469,6 +476,8 @@ class TileBrowser:
     # -- shutdown --------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()
         if self.browser is not None:
             with contextlib.suppress(Error, TimeoutError):
                 await asyncio.wait_for(self.browser.close(), 5)

@@ -62,6 +62,8 @@ from evidence.layout import FRAME_TIMES, write_manifest
 EventSink = Callable[[CaptureEvent], None]
 MAX_STREAMS_PER_TILE = 3
 HEALTH_INTERVAL = 3.0
+# A renderer that leaves a probe this long unanswered is hung; one starved by heavy streams answers sooner.
+HUNG_SECONDS = 20.0
 VIDEO_SAMPLE_SECONDS = 2.0  # between reads of each tile's video counters
 EPOCH_LEAD_SECONDS = 0.25
 AUDIO_CONNECT_TIMEOUT = 10.0
@@ -547,7 +549,9 @@ class CaptureJob:
                 recording = [t for t in self.tiles.values() if t.status == TileStatus.RECORDING]
                 answers = await asyncio.gather(*(t.video_counters(timeout=1.5) for t in recording))
                 for tile, counters in zip(recording, answers, strict=True):
-                    if counters is not None:
+                    if counters is None:
+                        self.sync.add_unanswered(tile.tile)
+                    else:
                         self.sync.add_video(tile.tile, time.time(), *counters)
                 await asyncio.sleep(max(0.1, VIDEO_SAMPLE_SECONDS - (time.time() - started)))
 
@@ -565,8 +569,8 @@ class CaptureJob:
                 return
             if tile.process is not None and tile.process.poll() is not None:
                 tile.fail(f"the browser exited (code {tile.process.returncode})")
-            elif not await tile.responsive():
-                tile.fail("the page's renderer stopped responding (hung)")
+            elif (waited := tile.unanswered_seconds()) >= HUNG_SECONDS:
+                tile.fail(f"the page's renderer stopped responding (hung: no answer for {waited:.0f} s)")
             else:
                 return
             self._tile_event(tile)

@@ -78,6 +78,7 @@ class SyncMonitor:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     cpu: list[tuple[float, float]] = field(default_factory=list)  # (epoch, busy share since the reading before)
     video: dict[int, list[VideoReading]] = field(default_factory=dict)
+    unanswered: dict[int, int] = field(default_factory=dict)  # reads of a tile's counters that had no answer in time
     _last_cpu: tuple[float, float] | None = None
 
     def sample_cpu(self, now: float) -> None:
@@ -93,6 +94,9 @@ class SyncMonitor:
 
     def add_video(self, tile: int, now: float, decoded: int, dropped: int) -> None:
         self.video.setdefault(tile, []).append(VideoReading(now, decoded, dropped))
+
+    def add_unanswered(self, tile: int) -> None:
+        self.unanswered[tile] = self.unanswered.get(tile, 0) + 1
 
     def live_warning(self) -> str:
         """What to say on the progress line when the machine is not keeping up; empty when it is."""
@@ -120,14 +124,19 @@ class SyncMonitor:
             readings = self.video.get(tile, [])
             spans = list(late_spans) + _dropped_spans(readings, origin)
             decoded, dropped = _totals(readings)
-            remark = "" if readings else "no video on the page: its browser reported no video frames"
+            missed = self.unanswered.get(tile, 0)
+            if missed:
+                remark = (f"its browser did not answer {missed} of {missed + len(readings)} reads of its video "
+                          "counters in time")
+            else:
+                remark = "" if decoded else "no video on the page: its browser reported no video frames"
             if composite is None:
                 verdict, remark = SyncVerdict.NOT_MEASURED, "no composite frames to measure"
             else:
                 verdict = SyncVerdict.DEGRADED if spans else SyncVerdict.IN_SYNC
             tiles.append(TileSync(
-                tile=tile, verdict=verdict, video_frames_decoded=decoded if readings else None,
-                video_frames_dropped=dropped if readings else None,
+                tile=tile, verdict=verdict, video_frames_decoded=decoded if decoded else None,
+                video_frames_dropped=dropped if decoded else None,
                 dropped_share=round(dropped / decoded, 5) if decoded else None,
                 spans=tuple(sorted(spans, key=lambda s: s.start_seconds)), remark=remark,
             ))

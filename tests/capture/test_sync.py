@@ -113,3 +113,15 @@ def test_the_machine_load_and_the_live_warning_come_from_the_cpu_readings() -> N
 def test_old_manifests_without_a_verdict_still_load() -> None:
     fields = Manifest.model_fields
     assert fields["sync"].default is None and not fields["sync"].is_required()
+
+
+def test_a_browser_too_busy_to_answer_is_not_called_a_page_without_video() -> None:
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    monitor.add_video(1, START, 0, 0)  # a product page: it answers, with no video
+    monitor.add_video(1, START + 2, 0, 0)
+    for _ in range(5):
+        monitor.add_unanswered(2)  # a room whose renderer was starved: no answer in time
+    quality = monitor.judge(frames(10), {1: TileStatus.COMPLETE, 2: TileStatus.COMPLETE})
+    assert quality.tiles[0].video_frames_decoded is None and "no video" in quality.tiles[0].remark
+    assert quality.tiles[1].video_frames_decoded is None
+    assert quality.tiles[1].remark == "its browser did not answer 5 of 5 reads of its video counters in time"

@@ -432,7 +432,7 @@ function remarkOf(verdict) {
   if (verdict.verdict === "not-measured" && verdict.remark === "the tile did not record") {
     return h("div", { class: "muted" }, t("quality.not_recorded"));
   }
-  if (verdict.video_frames_decoded == null && verdict.verdict !== "not-measured") {
+  if (verdict.remark.startsWith("no video on the page")) {
     return h("div", { class: "muted" }, t("quality.no_video"));
   }
   return verdict.remark ? h("div", { class: "muted" }, verdict.remark) : null;
