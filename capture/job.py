@@ -173,6 +173,8 @@ class CaptureJob:
             "tiles": [{"tile": t.tile, "url": t.url, "status": t.status.value, "reason": t.reason}
                       for t in sorted(self.tiles.values(), key=lambda t: t.tile)],
             "steps": [{"step": s.name.value, "outcome": s.outcome.value} for s in self.steps],
+            # While recording: is the machine keeping up (see SyncMonitor.live_state)?
+            "keeping_up": self.sync.live_state() if self.phase == "recording" else None,
         }
 
     def request_stop(self, reason: str) -> None:

@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from evidence import (
     CompositeTiming,
@@ -98,18 +99,28 @@ class SyncMonitor:
     def add_unanswered(self, tile: int) -> None:
         self.unanswered[tile] = self.unanswered.get(tile, 0) + 1
 
-    def live_warning(self) -> str:
-        """What to say on the progress line when the machine is not keeping up; empty when it is."""
-        problems = []
+    def live_state(self) -> dict[str, Any]:
+        """Whether the machine keeps up now: every core saturated over the last seconds, and the tiles whose
+        browser dropped more than the bound in its last window (tile -> dropped share)."""
         recent = [busy for _, busy in self.cpu[-LIVE_WINDOW_SAMPLES:]]
-        if len(recent) == LIVE_WINDOW_SAMPLES and min(recent) >= SATURATED_BUSY:
-            problems.append(f"every core busy for {LIVE_WINDOW_SAMPLES} s")
+        saturated = len(recent) == LIVE_WINDOW_SAMPLES and min(recent) >= SATURATED_BUSY
+        dropping = {}
         for tile, readings in sorted(self.video.items()):
             windows = _windows(readings)
             if windows:
                 _, _, decoded, dropped = windows[-1]
                 if decoded >= MIN_WINDOW_FRAMES and dropped / decoded > DROPPED_BOUND:
-                    problems.append(f"tile {tile} dropping {dropped / decoded:.0%} of its video frames")
+                    dropping[tile] = round(dropped / decoded, 3)
+        return {"cpu_saturated_seconds": LIVE_WINDOW_SAMPLES if saturated else 0, "dropping": dropping}
+
+    def live_warning(self) -> str:
+        """What to say on the progress line when the machine is not keeping up; empty when it is."""
+        state = self.live_state()
+        problems = []
+        if state["cpu_saturated_seconds"]:
+            problems.append(f"every core busy for {state['cpu_saturated_seconds']} s")
+        problems += [f"tile {tile} dropping {share:.0%} of its video frames"
+                     for tile, share in state["dropping"].items()]
         return ("machine not keeping up: " + "; ".join(problems)) if problems else ""
 
     def judge(self, frames: list[tuple[float, float]], statuses: dict[int, TileStatus]) -> SyncQuality:

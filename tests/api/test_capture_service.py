@@ -86,12 +86,17 @@ def test_end_to_end_through_http(served: Served, demo_server: FixtureServer, s3_
     assert witnessed.status_code == 200, witnessed.text
     assert witnessed.json()["second_officer"]["confirmed_at"]
     assert client.post(f"/captures/{capture_id}/witness", headers=wang).status_code == 403
-    time.sleep(3)
+    # The worker grabs a preview every few seconds while recording; until the first, the answer is 404.
+    deadline = time.monotonic() + 30
     preview = client.get(f"/captures/{capture_id}/preview.jpg", headers=judge)
-    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
+    while preview.status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        preview = client.get(f"/captures/{capture_id}/preview.jpg", headers=judge)
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg", preview.text
     assert preview.content[:2] == b"\xff\xd8" and int(preview.headers["age"]) <= 3
     progress = client.get(f"/captures/{capture_id}", headers=wang).json()["progress"]
     assert progress["phase"] == "recording" and len(progress["tiles"]) == 4
+    assert set(progress["keeping_up"]) == {"cpu_saturated_seconds", "dropping"}  # said while recording
 
     rest = sse_events(client, f"/captures/{capture_id}/events", wang, last_event_id=first[-1]["id"])
     assert rest[-1]["event"] == "end" and rest[-1]["data"]["state"] == "complete", rest[-5:]

@@ -299,3 +299,24 @@ def test_urls_read_as_text_yet_hide_nothing(browser: Browser, served: Served) ->
     }""", list(cases))
     assert dict(zip(cases, shown, strict=True)) == cases
     _no_console_errors(problems)
+
+
+def test_a_machine_that_cannot_keep_up_is_said_in_both_languages(browser: Browser, served: Served) -> None:
+    page, problems = _page(browser, served)
+    page.goto(served.base + "/#/verify")
+    expect(page.get_by_role("heading", name="核验电子证据")).to_be_visible()
+    said = page.evaluate("""async () => {
+      const { behindLine } = await import("/viewer/evidence.js");
+      const { setLanguage } = await import("/viewer/i18n.js");
+      const state = { cpu_saturated_seconds: 3, dropping: { "6": 0.19 } };
+      const zh = behindLine(state).textContent;
+      setLanguage("en");
+      const en = behindLine(state).textContent;
+      setLanguage("zh");
+      return [zh, en, behindLine({ cpu_saturated_seconds: 0, dropping: {} }), behindLine(null)];
+    }""")
+    assert said[0] == ("本机跟不上录制：所有 CPU 核心已满载 3 秒；画面 6 的浏览器丢帧 19%。"
+                       "录像仍在继续，清单会记下降级的时段。")
+    assert said[1].startswith("This machine is not keeping up: every CPU core busy for 3 s; tile 6's browser")
+    assert said[2] is None and said[3] is None  # keeping up, or not recording: nothing said
+    _no_console_errors(problems)

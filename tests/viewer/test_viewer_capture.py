@@ -82,6 +82,9 @@ def test_launch_watch_witness_stop_play_report_and_verify(browser: Browser, serv
     expect(page.get_by_role("cell", name=rooms[1])).to_be_visible()
     expect(page.get_by_role("cell", name=re.compile(r"product\?"))).to_be_visible()
     expect(page.locator("#second-officer")).to_contain_text("li（待确认）")
+    # While recording, the worker reports whether the machine keeps up (the page shows it when it does not).
+    keeping_up = served.client.get(f"/captures/{capture_id}", headers=wang).json()["progress"]["keeping_up"]
+    assert set(keeping_up) == {"cpu_saturated_seconds", "dropping"}, keeping_up
     expect(page.get_by_role("button", name="我作为第二取证人确认")).to_have_count(0)  # only li confirms
     _shot(page, "capture-recording-zh")
 

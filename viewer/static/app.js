@@ -2,7 +2,7 @@
 // page as text (never as HTML), so a case title or a URL can never run as script.
 
 import { API, ApiError, TOKEN, api, field, h, onSignedOut, say, table, urlText } from "/viewer/common.js";
-import { evidenceView, reportPage } from "/viewer/evidence.js";
+import { behindLine, evidenceView, reportPage } from "/viewer/evidence.js";
 import { formatTime, language, setLanguage, t } from "/viewer/i18n.js";
 import { verifyPage } from "/viewer/verify.js";
 
@@ -344,7 +344,8 @@ async function capturePage(captureId, ticket) {
       h("p", { id: "capture-progress" }, [progress.phase ? `${t("cap.phase")}: ${t(`phase.${progress.phase}`, {},
         progress.phase)}` : "",
         t("cap.seconds", { seconds: progress.seconds_recorded ?? 0 }),
-        t("cap.segments", { count: progress.segments_chained ?? 0 })].filter(Boolean).join(" · ")));
+        t("cap.segments", { count: progress.segments_chained ?? 0 })].filter(Boolean).join(" · ")),
+      behindLine(progress.keeping_up));
     // Once the capture ended, its manifest summary holds each tile's final state; before, the live progress does.
     const summaryTiles = capture.summary && capture.summary.tiles;
     const tileRows = summaryTiles && summaryTiles.length ? summaryTiles

@@ -5,7 +5,7 @@
 import {
   API, api, copyText, formatBytes, formatSeconds, h, readFile, readableUrl, say, table, urlText,
 } from "/viewer/common.js";
-import { formatTime, t } from "/viewer/i18n.js";
+import { formatTime, language, t } from "/viewer/i18n.js";
 
 const encodePath = (path) => path.split("/").map(encodeURIComponent).join("/");
 
@@ -417,6 +417,18 @@ function provenanceFacts(provenance) {
   ];
   return h("dl", { class: "facts" }, rows.flatMap(([key, value]) =>
     [h("dt", {}, t(key)), h("dd", { class: "wrap" }, value ?? "—")]));
+}
+
+// The recording machine says while it records when it cannot keep up (all cores busy, a tile dropping frames).
+export function behindLine(keepingUp) {
+  if (!keepingUp) return null;
+  const parts = [];
+  if (keepingUp.cpu_saturated_seconds) parts.push(t("cap.behind_cpu", { seconds: keepingUp.cpu_saturated_seconds }));
+  for (const [tile, share] of Object.entries(keepingUp.dropping || {})) {
+    parts.push(t("cap.behind_tile", { tile, share: Math.round(share * 100) }));
+  }
+  return parts.length ? h("p", { class: "warning", id: "capture-behind" }, t("cap.behind", { what: parts.join(language() === "zh" ? "；" : "; ") }))
+    : null;
 }
 
 function spanText(span) {
