@@ -154,7 +154,8 @@ def test_the_capture_measures_its_own_sync_and_signs_the_verdict(four_rooms: tup
     for room in (1, 2, 3):  # the rooms play video: their browsers counted its frames
         tile = by_tile[room]
         assert tile.verdict in (SyncVerdict.IN_SYNC, SyncVerdict.DEGRADED)
-        assert tile.video_frames_decoded and tile.video_frames_decoded > DURATION * 15 * 0.5, tile
+        # Pages load a few seconds into the recording; no more frames than a 15 fps room sends while it runs.
+        assert tile.video_frames_decoded and 30 < tile.video_frames_decoded <= DURATION * 15 * 1.2, tile
         assert tile.verdict == SyncVerdict.IN_SYNC or tile.spans, tile  # degraded always says when and how much
     assert by_tile[4].video_frames_decoded is None and "no video" in by_tile[4].remark
     manifest_step = next(s for s in manifest.steps if s.name == StepName.MANIFEST)
