@@ -29,17 +29,13 @@ HexSha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 MAX_LABEL_LENGTH = 200
 
 
-def _printable_label(value: str) -> str:
-    """Names people give (a case number, an operator) end up in reports, logs and terminals: one printable line."""
+def _printable_line(value: str) -> str:
+    """Text that ends up in reports, logs and terminals: one printable line, nothing that moves a cursor,
+    erases a line or reorders what a reader sees."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be UTF-8 text") from None
-    value = value.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    if len(value) > MAX_LABEL_LENGTH:
-        raise ValueError(f"must be at most {MAX_LABEL_LENGTH} characters, not {len(value)}")
     bad = next((ch for ch in value if not ch.isprintable()), None)
     if bad is not None:
         raise ValueError(f"must be printable text on one line (found {bad!r}: newlines, tabs, terminal escapes "
@@ -47,7 +43,18 @@ def _printable_label(value: str) -> str:
     return value
 
 
+def _printable_label(value: str) -> str:
+    """Names people give (a case number, an operator): a printable line, not empty, not long."""
+    value = _printable_line(value.strip())  # surrounding spaces and a trailing newline are trimmed, not refused
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_LABEL_LENGTH:
+        raise ValueError(f"must be at most {MAX_LABEL_LENGTH} characters, not {len(value)}")
+    return value
+
+
 Label = Annotated[str, AfterValidator(_printable_label)]
+PrintableLine = Annotated[str, AfterValidator(_printable_line)]
 
 
 class Frozen(BaseModel):
@@ -294,13 +301,13 @@ class TileSync(Frozen):
     video_frames_dropped: int | None = None
     dropped_share: float | None = None
     spans: tuple[DegradedSpan, ...] = ()
-    remark: str = ""
+    remark: PrintableLine = ""  # printed by `wz verify`
 
 
 class SyncQuality(Frozen):
     """The capture's own measure of its synchronization, signed and timestamped with the rest of the manifest."""
 
-    method: str
+    method: PrintableLine
     composite: CompositeTiming | None
     machine: MachineLoad | None
     tiles: tuple[TileSync, ...]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from capture.sync import METHOD, SyncMonitor
-from evidence import DegradedCause, Manifest, SyncVerdict, TileStatus
+from evidence import DegradedCause, Manifest, SyncQuality, SyncVerdict, TileStatus
 
 FPS = 15
 START = 1_800_000_000.0
@@ -125,3 +126,17 @@ def test_a_browser_too_busy_to_answer_is_not_called_a_page_without_video() -> No
     assert quality.tiles[0].video_frames_decoded is None and "no video" in quality.tiles[0].remark
     assert quality.tiles[1].video_frames_decoded is None
     assert quality.tiles[1].remark == "its browser did not answer 5 of 5 reads of its video counters in time"
+
+
+@pytest.mark.parametrize("hostile", ["\x1b[3A\x1b[J", "in-sync\nSYNC tile 2: in-sync", "\u202egnp.exe", "\r"])
+def test_a_forged_verdict_cannot_write_to_the_terminal_that_prints_it(hostile: str) -> None:
+    """`wz verify` prints the remark and the method: a forger's escape sequences could erase the warnings above
+    them (ORIGIN NOT PINNED), so a manifest carrying them does not load."""
+    quality = SyncMonitor(fps=FPS, cores=2).judge(frames(2), {1: TileStatus.COMPLETE})
+    for forged in (
+        quality.model_copy(update={"method": hostile}).model_dump(mode="json"),
+        {**quality.model_dump(mode="json"),
+         "tiles": [{**quality.tiles[0].model_dump(mode="json"), "remark": "late " + hostile}]},
+    ):
+        with pytest.raises(ValidationError, match="printable"):
+            SyncQuality.model_validate(forged)
