@@ -106,11 +106,10 @@ class SyncMonitor:
         saturated = len(recent) == LIVE_WINDOW_SAMPLES and min(recent) >= SATURATED_BUSY
         dropping = {}
         for tile, readings in sorted(self.video.items()):
-            windows = _windows(readings)
-            if windows:
-                _, _, decoded, dropped = windows[-1]
-                if decoded >= MIN_WINDOW_FRAMES and dropped / decoded > DROPPED_BOUND:
-                    dropping[tile] = round(dropped / decoded, 3)
+            # Only the last window: this runs every second of a capture that may last hours.
+            for _, _, decoded, dropped in _windows(readings[-2:]):
+                if (share := _over_bound(decoded, dropped)) is not None:
+                    dropping[tile] = round(share, 3)
         return {"cpu_saturated_seconds": LIVE_WINDOW_SAMPLES if saturated else 0, "dropping": dropping}
 
     def live_warning(self) -> str:
@@ -214,9 +213,16 @@ def _totals(readings: list[VideoReading]) -> tuple[int, int]:
     return decoded, dropped
 
 
+def _over_bound(decoded: int, dropped: int) -> float | None:
+    """A window's dropped share when it says something (enough frames) and is past the bound; None otherwise."""
+    if decoded < MIN_WINDOW_FRAMES or dropped / decoded <= DROPPED_BOUND:
+        return None
+    return dropped / decoded
+
+
 def _dropped_spans(readings: list[VideoReading], origin: float) -> list[DegradedSpan]:
-    bad = [(start - origin, end - origin, dropped / decoded) for start, end, decoded, dropped in _windows(readings)
-           if decoded >= MIN_WINDOW_FRAMES and dropped / decoded > DROPPED_BOUND]
+    bad = [(start - origin, end - origin, share) for start, end, decoded, dropped in _windows(readings)
+           if (share := _over_bound(decoded, dropped)) is not None]
     return _joined(DegradedCause.BROWSER_DROPPED, bad, DROPPED_BOUND)
 
 
