@@ -427,13 +427,17 @@ export function behindLine(keepingUp) {
   for (const [tile, share] of Object.entries(keepingUp.dropping || {})) {
     parts.push(t("cap.behind_tile", { tile, share: Math.round(share * 100) }));
   }
-  return parts.length ? h("p", { class: "warning", id: "capture-behind" }, t("cap.behind", { what: parts.join(language() === "zh" ? "；" : "; ") }))
-    : null;
+  if (!parts.length) return null;
+  const what = parts.join(language() === "zh" ? "；" : "; ");
+  return h("p", { class: "warning", id: "capture-behind" }, t("cap.behind", { what }));
 }
 
 function spanText(span) {
-  const worst = span.cause === "composite-late" ? `${Math.round(span.worst)} ms` : `${(span.worst * 100).toFixed(1)} %`;
-  const bound = span.cause === "composite-late" ? `${Math.round(span.bound)} ms` : `${(span.bound * 100).toFixed(0)} %`;
+  // A late composite frame is measured in ms, a browser's drops as a share.
+  const figure = (value, digits) => (span.cause === "composite-late" ? `${Math.round(value)} ms`
+    : `${(value * 100).toFixed(digits)} %`);
+  const worst = figure(span.worst, 1);
+  const bound = figure(span.bound, 0);
   const at = (seconds) => `${formatSeconds(Math.floor(seconds))}.${Math.floor((seconds % 1) * 10)}`;
   return t("quality.span", { from: at(span.start_seconds), to: at(span.end_seconds),
     cause: t(`quality.cause.${span.cause}`), worst, bound });
