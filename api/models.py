@@ -212,6 +212,9 @@ class CaptureCreate(Strict):
                                                               "runs until stopped (or the maximum duration)")] = None
     fps: Annotated[int, Field(ge=1, le=30)] = 15
     layout: Annotated[str, StringConstraints(pattern=r"^(auto|[1-9]x[1-9])$")] = "auto"
+    tile_size: Annotated[Literal["640x360", "960x540", "1280x720"], Field(
+        description="each tile's size in the composite; larger keeps small print legible and costs more CPU")] = \
+        "640x360"
     second_officer: Annotated[UserName | None, Field(
         description="the case member (an investigator) who confirms the capture with their own login")] = None
 
@@ -231,6 +234,7 @@ class CapturePublic(BaseModel):
     duration: float | None
     fps: int
     layout: str
+    tile_size: str
     tiles: int
     operator: str
     second_officer: OfficerPublic | None = Field(

@@ -15,11 +15,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from capture.layout import DEVICE_SCALE
+from capture.layout import device_scale
 from capture.timecode import TIMECODE_CELL_CSS_PX, decode_timecode, timecode_delta_ms
 from evidence import Layout
-
-CELL_PX = TIMECODE_CELL_CSS_PX * DEVICE_SCALE
 
 
 def iter_frames(video: Path) -> Iterator[npt.NDArray[np.uint8]]:
@@ -38,7 +36,8 @@ def tile_timecodes(video: Path, layout: Layout) -> list[dict[int, int | None]]:
     """Per composite frame, the time code each tile shows (None where it cannot be read)."""
     frames = []
     for frame in iter_frames(video):
-        frames.append({t.tile: decode_timecode(frame, (t.rect.x, t.rect.y), CELL_PX) for t in layout.tiles})
+        frames.append({t.tile: decode_timecode(frame, (t.rect.x, t.rect.y), TIMECODE_CELL_CSS_PX * device_scale(t.rect))
+                       for t in layout.tiles})
     return frames
 
 

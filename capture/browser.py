@@ -36,7 +36,7 @@ from playwright.async_api import (
 )
 
 from capture.har import HarRecorder
-from capture.layout import DEVICE_SCALE, WINDOW_CSS_HEIGHT, WINDOW_CSS_WIDTH
+from capture.layout import WINDOW_CSS_HEIGHT, WINDOW_CSS_WIDTH, device_scale
 from capture.processes import spawn, stop
 from evidence import ComponentMissing, Rect, TileStatus
 
@@ -56,7 +56,7 @@ MEDIA_TYPES = (
 
 def chromium_flags(rect: Rect, profile: Path, proxy_port: int = 0) -> list[str]:
     """The exact command-line flags of a tile's browser (recorded in the manifest)."""
-    scale = 1 / DEVICE_SCALE
+    scale = device_scale(rect)
     return [
         # Every request goes through the capture's egress proxy (capture/egress.py), loopback included (Chromium
         # otherwise bypasses proxies for it), and the browser resolves no name itself: the proxy resolves each
@@ -94,9 +94,9 @@ def chromium_flags(rect: Rect, profile: Path, proxy_port: int = 0) -> list[str]:
         "--autoplay-policy=no-user-gesture-required",
         "--test-type",
         "--hide-scrollbars",
-        f"--force-device-scale-factor={DEVICE_SCALE}",
+        f"--force-device-scale-factor={scale:g}",
         f"--window-size={WINDOW_CSS_WIDTH},{WINDOW_CSS_HEIGHT}",
-        f"--window-position={int(rect.x * scale)},{int(rect.y * scale)}",
+        f"--window-position={round(rect.x / scale)},{round(rect.y / scale)}",
         "--remote-debugging-address=127.0.0.1",
         "--remote-debugging-port=0",
         f"--user-data-dir={profile}",
@@ -350,8 +350,8 @@ class TileBrowser:
 
     async def _legible_screenshot(self, path: Path, problems: list[str]) -> None:
         """The whole page at its own CSS resolution (a 1280 px layout gives a 1280 px wide picture, so 12 px
-        text stays 12 px), while the window keeps showing and recording it at the tile's half scale: DevTools
-        draws the page beyond the viewport at a clip scale that undoes the window's device scale."""
+        text stays 12 px), while the window keeps showing and recording it at the tile's scale: DevTools draws
+        the page beyond the viewport at a clip scale that undoes the window's device scale."""
         assert self.page is not None
         session = await self.page.context.new_cdp_session(self.page)
         try:
@@ -365,7 +365,7 @@ class TileBrowser:
                 height = MAX_SCREENSHOT_CSS_HEIGHT
             shot = await session.send("Page.captureScreenshot", {
                 "format": "png", "captureBeyondViewport": True, "fromSurface": True,
-                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1 / DEVICE_SCALE},
+                "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1 / device_scale(self.rect)},
             })
         finally:
             with contextlib.suppress(Error):

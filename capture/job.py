@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Playwright, async_playwright
 
@@ -33,8 +35,9 @@ from capture.egress import EgressProxy
 from capture.environment import check_components, collect_provenance, resolve_chromium
 from capture.journal import Journal
 from capture.layout import build_layout
+from capture.processes import TreeCpu, lower_priority, process_trees
 from capture.recorders import AudioRecorder, Recorder, ScreenRecorder, StreamCopier
-from capture.sync import SyncMonitor, read_frame_times
+from capture.sync import LOWERED_NICENESS, SyncMonitor, read_frame_times
 from capture.targets import Resolver, Target, TargetPolicy, parse_target, resolve_target, system_resolver
 from capture.trust import describe, install_browser_roots, load_extra_roots
 from evidence import (
@@ -59,6 +62,7 @@ from evidence import (
 )
 from evidence.layout import FRAME_TIMES, write_manifest
 
+_log = logging.getLogger(__name__)
 EventSink = Callable[[CaptureEvent], None]
 MAX_STREAMS_PER_TILE = 3
 HEALTH_INTERVAL = 3.0
@@ -112,7 +116,8 @@ class CaptureJob:
         self.capture_id = capture_id or new_capture_id(self.started_at)
         base = Path(request.out_dir) if request.out_dir else settings.captures_dir / self.capture_id
         self.capture_dir = base.resolve()
-        self.layout: Layout = build_layout(list(request.urls), spec=request.layout, fps=request.fps)
+        self.layout: Layout = build_layout(list(request.urls), spec=request.layout, fps=request.fps,
+                                           size=request.tile_size)
         self.journal = Journal(self.capture_dir, settings.active_dir, self.capture_id)
         self.steps: list[Step] = []
         self.tiles: dict[int, TileBrowser] = {}
@@ -222,6 +227,7 @@ class CaptureJob:
             "duration_seconds": self.request.duration_seconds,
             "fps": self.request.fps,
             "layout": f"{self.layout.rows}x{self.layout.cols}",
+            "tile_size": self.request.tile_size,
             "segment_seconds": settings.segment_seconds,
             "load_timeout_seconds": settings.load_timeout_seconds,
             "max_duration_seconds": settings.max_duration_seconds,
@@ -540,9 +546,19 @@ class CaptureJob:
         the CPU's cadence); a page that does not answer in time is skipped for that round, never waited for."""
 
         async def cpu() -> None:
+            meters: dict[int, TreeCpu] = {}
             while True:
                 started = time.time()
                 self.sync.sample_cpu(started)
+                browsers = {t.tile: t.process.pid for t in list(self.tiles.values())
+                            if t.status == TileStatus.RECORDING and t.process is not None}
+                try:
+                    lowered = await asyncio.to_thread(self._sample_tile_costs, meters, browsers)
+                except (OSError, psutil.Error) as exc:  # a reading lost, never the recording
+                    _log.warning("could not read the tiles' CPU: %s", exc)
+                    lowered = None
+                if lowered is not None:
+                    self._lowered(*lowered)
                 await asyncio.sleep(max(0.1, 1.0 - (time.time() - started)))
 
         async def video() -> None:
@@ -558,6 +574,37 @@ class CaptureJob:
                 await asyncio.sleep(max(0.1, VIDEO_SAMPLE_SECONDS - (time.time() - started)))
 
         await asyncio.gather(cpu(), video())
+
+    def _sample_tile_costs(self, meters: dict[int, TreeCpu], browsers: dict[int, int]
+                           ) -> tuple[int, float, float, float, int] | None:
+        """Read what each recording tile's browser (`browsers`: tile -> pid) has cost; lower the priority of one
+        that costs far more than the others while the machine is saturated (SyncMonitor.costly_tile). Returns
+        (tile, cores, others' median, when, threads changed) when a tile was lowered just now. Runs in a thread:
+        it scans /proc."""
+        trees = process_trees(browsers.values())
+        for tile, pid in browsers.items():
+            if trees[pid]:
+                reading = meters.setdefault(tile, TreeCpu()).read(trees[pid])
+                self.sync.add_tile_cpu(tile, time.time(), reading)
+        for tile in self.sync.lowered:
+            if tile in browsers:
+                lower_priority(trees[browsers[tile]], LOWERED_NICENESS)  # again: it may have started processes
+        costly = self.sync.costly_tile(set(browsers))
+        if costly is None:
+            return None
+        tile, cores, median = costly
+        changed = lower_priority(trees[browsers[tile]], LOWERED_NICENESS)
+        # Claimed in the manifest only when it was done (a sandbox may refuse setpriority).
+        return (tile, cores, median, time.time(), changed) if changed else None
+
+    def _lowered(self, tile: int, cores: float, median: float, when: float, threads: int) -> None:
+        """Record that a tile's browser was held back: the manifest (via the monitor), its timeline, the progress."""
+        self.sync.lowered[tile] = when
+        self.tiles[tile].event("priority-lowered", cores=round(cores, 2), others_median=round(median, 2),
+                               niceness=LOWERED_NICENESS, threads=threads)
+        self.emit(EventKind.TILE, f"tile {tile}: its browser uses {cores:.2f} cores, the other tiles {median:.2f} "
+                  "each, and every core is busy: its CPU priority is lowered so the others keep their rate",
+                  tile=tile, cpu_cores=round(cores, 2), others_cores=round(median, 2))
 
     def _progress_line(self, elapsed: float, limit: float | None) -> str:
         tiles = " ".join(f"{t.tile}:{t.status.value}" for t in self.tiles.values())

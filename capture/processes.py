@@ -13,9 +13,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+import psutil
 
 from evidence import ComponentMissing
 
@@ -83,3 +85,61 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def process_trees(roots: Iterable[int]) -> dict[int, list[psutil.Process]]:
+    """Each root process with all its descendants (one pass over /proc for all roots); a root that is gone maps to
+    an empty list."""
+    children: dict[int, list[psutil.Process]] = {}
+    for process in psutil.process_iter(["ppid"]):
+        children.setdefault(int(process.info["ppid"] or 0), []).append(process)
+    trees: dict[int, list[psutil.Process]] = {}
+    for root in roots:
+        try:
+            tree = [psutil.Process(root)]
+        except psutil.Error:
+            trees[root] = []
+            continue
+        index = 0
+        while index < len(tree):
+            tree.extend(children.get(tree[index].pid, []))
+            index += 1
+        trees[root] = tree
+    return trees
+
+
+class TreeCpu:
+    """The CPU time a process tree has used, summed from each process's growth between reads, so what a process
+    used up to its last read stays counted after it ends (a tile's browser starts and ends renderers as the page
+    navigates). What a process uses after its last read, or between two reads it never appears in, is not seen."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._last: dict[tuple[int, float], float] = {}
+
+    def read(self, tree: list[psutil.Process]) -> float:
+        for process in tree:
+            try:
+                with process.oneshot():
+                    key = (process.pid, process.create_time())
+                    times = process.cpu_times()
+            except psutil.Error:
+                continue
+            used = times.user + times.system
+            self.seconds += max(0.0, used - self._last.get(key, 0.0))
+            self._last[key] = used
+        return self.seconds
+
+
+def lower_priority(tree: list[psutil.Process], niceness: int) -> int:
+    """Set every thread of a process tree to at least `niceness` (Linux nice applies per thread; threads and
+    processes started later inherit it from the thread that starts them). Returns how many threads changed."""
+    changed = 0
+    for process in tree:
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{process.pid}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    if os.getpriority(os.PRIO_PROCESS, int(task.name)) < niceness:
+                        os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
+                        changed += 1
+    return changed

@@ -38,6 +38,12 @@ LATE_PERIODS = 2.0  # a composite interval over two frame periods means at least
 MIN_WINDOW_FRAMES = 10  # fewer decoded frames in a window say nothing about a dropped share
 SPAN_JOIN_SECONDS = 1.0  # spans closer than this are one span
 LIVE_WINDOW_SAMPLES = 3
+COST_WINDOW_SECONDS = 5.0  # a tile's cost is judged over the last few seconds, and its peak over windows this long
+# A tile's browser costs "far more" when it uses this many times the other tiles' median and at least HEAVY_CORES:
+# then, while every core is busy, its CPU priority is lowered to LOWERED_NICENESS so the others keep their rate.
+HEAVY_FACTOR = 2.0
+HEAVY_CORES = 0.5
+LOWERED_NICENESS = 10
 
 METHOD = (
     "composite: the interval between the grab times of consecutive frames (frames.csv); a frame later than "
@@ -45,7 +51,13 @@ METHOD = (
     "and dropped frame counters (getVideoPlaybackQuality), read-only, every few seconds; a window with more than "
     f"{DROPPED_BOUND:.0%} dropped is degraded. Machine: /proc/stat of all cores about once a second; "
     f"saturated at {SATURATED_BUSY:.0%} busy or more. A tile is in-sync when no composite frame was late and its "
-    "browser dropped no more than the bound in any window while it recorded."
+    "browser dropped no more than the bound in any window while it recorded. Cost: the CPU time of each tile's "
+    "browser and all its processes, about once a second; mean cores over the recording and the most over any "
+    f"{COST_WINDOW_SECONDS:g} s (the mean where less was recorded). A tile whose browser used, over the last "
+    f"{COST_WINDOW_SECONDS:g} s, at least {HEAVY_FACTOR:g} times the median of the other tiles not held back, and "
+    f"more than its fair share of the machine (at least {HEAVY_CORES:g} cores), while every core was saturated and "
+    f"another tile's browser dropped more than the bound in each of its last two windows, had its CPU priority "
+    f"lowered (nice {LOWERED_NICENESS})."
 )
 
 
@@ -80,6 +92,8 @@ class SyncMonitor:
     cpu: list[tuple[float, float]] = field(default_factory=list)  # (epoch, busy share since the reading before)
     video: dict[int, list[VideoReading]] = field(default_factory=dict)
     unanswered: dict[int, int] = field(default_factory=dict)  # reads of a tile's counters that had no answer in time
+    tile_cpu: dict[int, list[tuple[float, float]]] = field(default_factory=dict)  # (epoch, browser CPU s so far)
+    lowered: dict[int, float] = field(default_factory=dict)  # tile -> epoch its browser's priority was lowered
     _last_cpu: tuple[float, float] | None = None
 
     def sample_cpu(self, now: float) -> None:
@@ -99,6 +113,51 @@ class SyncMonitor:
     def add_unanswered(self, tile: int) -> None:
         self.unanswered[tile] = self.unanswered.get(tile, 0) + 1
 
+    def add_tile_cpu(self, tile: int, now: float, seconds: float) -> None:
+        self.tile_cpu.setdefault(tile, []).append((now, seconds))
+
+    def recent_cores(self) -> dict[int, float]:
+        """Each measured tile's cores over about the last COST_WINDOW_SECONDS."""
+        cores = {}
+        for tile, readings in self.tile_cpu.items():
+            last = readings[-1]
+            first = next((r for r in reversed(readings) if last[0] - r[0] >= COST_WINDOW_SECONDS), None)
+            if first is not None:
+                cores[tile] = (last[1] - first[1]) / (last[0] - first[0])
+        return cores
+
+    def costly_tile(self, recording: set[int]) -> tuple[int, float, float] | None:
+        """While every core is saturated and another recording tile keeps dropping frames past the bound, the
+        recording tile not yet held back whose browser costs far more than the others not held back (twice their median)
+        and more than its fair share of the machine (and at least HEAVY_CORES): (tile, its cores, the others'
+        median cores); None otherwise. Only harm justifies it: lowering a tile's priority costs that tile its own
+        timing, and the kernel's scheduler often keeps the other tiles' short bursts on time by itself. A lone
+        room beside near-idle product pages is not held back: it costs less than a fair share of the machine."""
+        state = self.live_state()
+        if not state["cpu_saturated_seconds"]:
+            return None
+        recent = {tile: value for tile, value in self.recent_cores().items() if tile in recording}
+        cores = {tile: value for tile, value in recent.items() if tile not in self.lowered}
+        if len(cores) < 2:
+            return None
+        heaviest = max(cores, key=cores.__getitem__)
+        others = sorted(value for tile, value in cores.items() if tile != heaviest)
+        middle = len(others) // 2
+        median = others[middle] if len(others) % 2 else (others[middle - 1] + others[middle]) / 2
+        fair_share = self.cores / len(recent)
+        if cores[heaviest] < max(HEAVY_CORES, fair_share) or cores[heaviest] < HEAVY_FACTOR * median:
+            return None
+        if not any(self._suffering(tile) for tile in recording if tile != heaviest):
+            return None  # nobody else suffers: leave it be
+        return heaviest, cores[heaviest], median
+
+    def _suffering(self, tile: int) -> bool:
+        """The tile's browser dropped more than the bound in each of its last two windows (about 4 s): harm that
+        lasts, not one frame lost in one window."""
+        windows = _windows(self.video.get(tile, [])[-3:])
+        return len(windows) == 2 and all(_over_bound(decoded, dropped) is not None
+                                         for _, _, decoded, dropped in windows)
+
     def live_state(self) -> dict[str, Any]:
         """Whether the machine keeps up now: every core saturated over the last seconds, and the tiles whose
         browser dropped more than the bound in its last window (tile -> dropped share)."""
@@ -110,7 +169,8 @@ class SyncMonitor:
             for _, _, decoded, dropped in _windows(readings[-2:]):
                 if (share := _over_bound(decoded, dropped)) is not None:
                     dropping[tile] = round(share, 3)
-        return {"cpu_saturated_seconds": LIVE_WINDOW_SAMPLES if saturated else 0, "dropping": dropping}
+        return {"cpu_saturated_seconds": LIVE_WINDOW_SAMPLES if saturated else 0, "dropping": dropping,
+                "lowered": sorted(self.lowered)}
 
     def live_warning(self) -> str:
         """What to say on the progress line when the machine is not keeping up; empty when it is."""
@@ -120,6 +180,9 @@ class SyncMonitor:
             problems.append(f"every core busy for {state['cpu_saturated_seconds']} s")
         problems += [f"tile {tile} dropping {share:.0%} of its video frames"
                      for tile, share in state["dropping"].items()]
+        if problems:
+            problems += [f"tile {tile} costs far more than the others: its priority is lowered"
+                         for tile in state["lowered"]]
         return ("machine not keeping up: " + "; ".join(problems)) if problems else ""
 
     def judge(self, frames: list[tuple[float, float]], statuses: dict[int, TileStatus]) -> SyncQuality:
@@ -128,8 +191,14 @@ class SyncMonitor:
         composite, late_spans = _composite_timing(frames, self.fps)
         tiles = []
         for tile, status in sorted(statuses.items()):
-            if status == TileStatus.FAILED:
-                tiles.append(TileSync(tile=tile, verdict=SyncVerdict.NOT_MEASURED, remark="the tile did not record"))
+            mean, peak = _cost(self.tile_cpu.get(tile, []))
+            lowered = self.lowered.get(tile)
+            cost: dict[str, Any] = {
+                "cpu_cores_mean": mean, "cpu_cores_peak": peak,
+                "priority_lowered_at_seconds": round(max(0.0, lowered - origin), 3) if lowered is not None else None}
+            if status == TileStatus.FAILED:  # what it cost before it failed is still said
+                tiles.append(TileSync(tile=tile, verdict=SyncVerdict.NOT_MEASURED, remark="the tile did not record",
+                                      **cost))
                 continue
             readings = self.video.get(tile, [])
             spans = list(late_spans) + _dropped_spans(readings, origin)
@@ -149,6 +218,7 @@ class SyncMonitor:
                 video_frames_dropped=dropped if decoded else None,
                 dropped_share=round(dropped / decoded, 5) if decoded else None,
                 spans=tuple(sorted(spans, key=lambda s: s.start_seconds)), remark=remark,
+                **cost,
             ))
         return SyncQuality(method=METHOD, composite=composite, machine=self._machine_load(), tiles=tuple(tiles))
 
@@ -173,6 +243,22 @@ def read_frame_times(path: Path) -> list[tuple[float, float]]:
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def _cost(readings: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """(mean cores over all readings, the most over any COST_WINDOW_SECONDS) of one tile's browser."""
+    if len(readings) < 2 or readings[-1][0] <= readings[0][0]:
+        return None, None
+    mean = (readings[-1][1] - readings[0][1]) / (readings[-1][0] - readings[0][0])
+    peak = mean
+    end = 0
+    for start_at, start_cpu in readings:
+        while end < len(readings) and readings[end][0] - start_at < COST_WINDOW_SECONDS:
+            end += 1
+        if end == len(readings):
+            break
+        peak = max(peak, (readings[end][1] - start_cpu) / (readings[end][0] - start_at))
+    return round(mean, 3), round(peak, 3)
 
 
 def _composite_timing(frames: list[tuple[float, float]], fps: int) -> tuple[CompositeTiming | None,

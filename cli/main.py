@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from capture.fixtures.media import DEFAULT_PROFILE, PROFILES
 from capture.journal import active_captures
-from capture.layout import build_layout
+from capture.layout import DEFAULT_TILE_SIZE, TILE_SIZES, build_layout
 from capture.targets import MAX_TILES, TargetPolicy, validate_targets
 from cli import service
 from evidence import (
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--out", type=Path, help="directory for the capture's files")
     capture.add_argument("--fps", type=int, default=15, help="frames per second of the composite (1-30)")
     capture.add_argument("--layout", default="auto", help="auto or ROWSxCOLS, e.g. 2x2")
+    capture.add_argument("--tile-size", default=DEFAULT_TILE_SIZE, choices=list(TILE_SIZES),
+                         help=f"each tile's size in the composite (default {DEFAULT_TILE_SIZE}; larger keeps small "
+                              "print legible and costs more CPU)")
     capture.add_argument("--case", dest="case_id", help="case identifier recorded in the manifest")
     capture.add_argument("--operator", default=None, help="who runs the capture (default: the login name)")
     capture.add_argument("--json", action="store_true", help="print a JSON summary last on stdout")
@@ -370,7 +373,12 @@ def sync_lines(sync: SyncQuality) -> list[str]:
         spans = "; ".join(f"{s.cause.value} {s.start_seconds:g}-{s.end_seconds:g} s (worst {s.worst:g}, bound "
                           f"{s.bound:g})" for s in tile.spans)
         dropped = f", {tile.dropped_share:.2%} of video frames dropped" if tile.dropped_share is not None else ""
-        lines.append(f"SYNC tile {tile.tile}: {tile.verdict.value}{dropped}" + (f": {spans}" if spans else "")
+        cost = (f", its browser used {tile.cpu_cores_mean:.2f} cores (peak {tile.cpu_cores_peak:.2f})"
+                if tile.cpu_cores_mean is not None and tile.cpu_cores_peak is not None else "")
+        if tile.priority_lowered_at_seconds is not None:
+            cost += (f", its CPU priority lowered at {tile.priority_lowered_at_seconds:g} s (it cost far more than "
+                     "the other tiles while every core was busy)")
+        lines.append(f"SYNC tile {tile.tile}: {tile.verdict.value}{dropped}{cost}" + (f": {spans}" if spans else "")
                      + (f" ({tile.remark})" if tile.remark else ""))
     return lines
 
@@ -409,7 +417,7 @@ def prepare_capture(args: argparse.Namespace, settings: Settings) -> CaptureRequ
                          "(WZ_MAX_DURATION_SECONDS)")
     if not 1 <= args.fps <= 30:
         raise UsageError(f"--fps must be 1 to 30, not {args.fps}")
-    build_layout(list(args.urls), spec=args.layout, fps=args.fps)
+    build_layout(list(args.urls), spec=args.layout, fps=args.fps, size=args.tile_size)
     if args.out is not None:
         _check_out(args.out)
     operator = args.operator if args.operator is not None else (
@@ -419,7 +427,7 @@ def prepare_capture(args: argparse.Namespace, settings: Settings) -> CaptureRequ
         try:
             return CaptureRequest(urls=urls, duration_seconds=args.duration,
                                   out_dir=str(args.out) if args.out else None, fps=args.fps, layout=args.layout,
-                                  case_id=args.case_id, operator=operator)
+                                  tile_size=args.tile_size, case_id=args.case_id, operator=operator)
         except ValidationError as exc:
             error = exc.errors()[0]
             field = {"case_id": "--case", "operator": "--operator"}.get(str(error["loc"][0]), str(error["loc"][0]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -302,6 +302,13 @@ class TileSync(Frozen):
     dropped_share: float | None = None
     spans: tuple[DegradedSpan, ...] = ()
     remark: PrintableLine = ""  # printed by `wz verify`
+    # What the tile's browser (all its processes) cost while recording: mean cores, and the most over any few
+    # seconds; None where it was not measured.
+    cpu_cores_mean: float | None = Field(default=None, ge=0)
+    cpu_cores_peak: float | None = Field(default=None, ge=0)
+    # Composite seconds at which its browser's CPU priority was lowered, because it cost far more than the other
+    # tiles while every core was busy (so the others keep their rate); None when it never was.
+    priority_lowered_at_seconds: float | None = Field(default=None, ge=0)
 
 
 class SyncQuality(Frozen):
@@ -346,6 +353,7 @@ class CaptureRequest(Frozen):
     out_dir: str | None = None
     fps: int = Field(default=15, ge=1, le=30)
     layout: str = "auto"
+    tile_size: Literal["640x360", "960x540", "1280x720"] = "640x360"  # capture.layout.TILE_SIZES
     case_id: Label | None = None
     operator: Label = "unknown"
 
@@ -371,6 +379,9 @@ class CaptureEvent(Frozen):
     tile_status: TileStatus | None = None
     status: CaptureStatus | None = None
     elapsed_seconds: float | None = None
+    # A tile held back: what its browser cost and the other tiles' median (SyncMonitor.costly_tile).
+    cpu_cores: float | None = None
+    others_cores: float | None = None
 
 
 class TimestampStatus(StrEnum):

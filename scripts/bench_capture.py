@@ -1,6 +1,7 @@
 """Capture benchmark: record 1, 2, 4 and 6 demo tiles with `wz capture` and measure what it costs.
 
-Run through `scripts/bench capture [--profile 720p30] [--tiles 1,2,4,6] [--duration 30] [--json FILE]`.
+Run through `scripts/bench capture [--profile 720p30] [--tile-size 640x360] [--tiles 1,2,4,6] [--duration 30]
+[--heavy] [--json FILE]`.
 
 For each tile count N the demo rooms 1..N are recorded, their streams encoded as --profile says (default 720p30:
 1280x720 at 30 fps, H.264 High at 2.5 Mbit/s, as livestream platforms send; 360p15 is the light rooms of the tests).
@@ -12,7 +13,9 @@ Per run it reports, from the time codes the demo pages draw and from the process
 - the composite's own frame rate and gaps, and how old each tile's picture is when grabbed (stamp minus time code);
 - the skew between tiles within one composite frame (p50 / p95 / max, ms);
 - the browser's dropped-frame share (getVideoPlaybackQuality, summed over tiles that play video);
-- CPU cores used during the recording phase (in all and by program), peak RSS and PSS of the whole process tree;
+- CPU cores used during the recording phase in all, by program and by program's thread (Chromium names its threads:
+  Media, Compositor, VizCompositorThread...; unnamed ones count under the program's name), peak RSS and PSS of the
+  whole process tree, and each tile's browser cores as the capture itself measured them (manifest `sync`);
 - time from launching `wz capture` to its first composite frame, and to the frame by which every tile's time code
   has been read.
 
@@ -50,8 +53,9 @@ from typing import Any
 import psutil
 
 from capture.analysis import sync_report, tile_timecodes
-from capture.fixtures import FixtureServer, live_path
+from capture.fixtures import PATH_HEAVY_PAGE, FixtureServer, live_path
 from capture.fixtures.media import PROFILES, ROOM_TONES
+from capture.layout import DEFAULT_TILE_SIZE, TILE_SIZES
 from capture.timecode import timecode_delta_ms, timecode_from_epoch_ms
 from evidence import Manifest, StepName
 from evidence.layout import load_manifest
@@ -71,6 +75,7 @@ OVERRUN_SECONDS = 300.0
 TARGET_TILES = 4
 EMBEDDED_S3_PORTS = range(21000, 22700)
 PR_SET_CHILD_SUBREAPER = 36
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # How long processes may outlive `wz capture` before the bench stops them and reports them.
 ORPHAN_GRACE_SECONDS = 5.0
 
@@ -86,6 +91,7 @@ class Sample:
     pss: int | None  # sum of the proportional set sizes (shared pages split between processes), bytes
     processes: int
     cpu_by_program: dict[str, float]  # cumulative CPU seconds per program up to this sample
+    cpu_by_thread: dict[str, float]  # cumulative CPU seconds per "program: thread name" up to this sample
 
 
 class TreeSampler(threading.Thread):
@@ -112,6 +118,8 @@ class TreeSampler(threading.Thread):
         self.samples: list[Sample] = []
         self.cpu_seconds = 0.0
         self.cpu_by_program: dict[str, float] = {}
+        self.cpu_by_thread: dict[str, float] = {}
+        self._last_thread_cpu: dict[tuple[int, float, int], float] = {}
         self.own_cpu_seconds = 0.0
         self.max_processes = 0
         self._last_cpu: dict[tuple[int, float], float] = {}
@@ -152,14 +160,39 @@ class TreeSampler(threading.Thread):
             self._last_cpu[key] = used
             self.cpu_seconds += delta
             self.cpu_by_program[label] = self.cpu_by_program.get(label, 0.0) + delta
+            self._sample_threads(key, label)
             rss += int(memory.rss)
             if pss is not None:
                 pss += int(memory.pss)
             counted += 1
         self.max_processes = max(self.max_processes, counted)
         self.samples.append(Sample(at=time.time(), cpu_seconds=self.cpu_seconds, rss=rss, pss=pss, processes=counted,
-                                   cpu_by_program=dict(self.cpu_by_program)))
+                                   cpu_by_program=dict(self.cpu_by_program), cpu_by_thread=dict(self.cpu_by_thread)))
         reap_orphans(self.capture_pid)
+
+    def _sample_threads(self, key: tuple[int, float], label: str) -> None:
+        """Add each thread's CPU growth under "program: thread name" (Chromium names its threads: Media,
+        Compositor, VizCompositorTh, ThreadPoolForeg..., which says where a renderer's time goes)."""
+        pid, created = key
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{pid}/task"):
+                try:
+                    stat = Path(task.path, "stat").read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue
+                name = stat[stat.index("(") + 1: stat.rindex(")")]
+                fields = stat[stat.rindex(")") + 2:].split()
+                used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+                thread_key = (pid, created, int(task.name))
+                delta = max(0.0, used - self._last_thread_cpu.get(thread_key, 0.0))
+                self._last_thread_cpu[thread_key] = used
+                group = f"{label}: {thread_name(name)}"
+                self.cpu_by_thread[group] = self.cpu_by_thread.get(group, 0.0) + delta
+
+
+def thread_name(name: str) -> str:
+    """Threads of one pool share a name but for a number (ThreadPoolForeg, in0:0...): count them together."""
+    return name.rstrip("0123456789:/-_ ") or name
 
 
 def program(name: str, cmdline: list[str]) -> str:
@@ -229,18 +262,22 @@ def drain_orphans(capture_pid: int, grace: float = ORPHAN_GRACE_SECONDS) -> list
     return leftovers
 
 
-def cores_between(samples: list[Sample], start: float, end: float) -> tuple[float, dict[str, float]] | None:
+def cores_between(samples: list[Sample], start: float, end: float
+                  ) -> tuple[float, dict[str, float], dict[str, float]] | None:
     """Mean CPU cores used between two wall-clock moments (CPU time over elapsed time of the first and last sample
-    inside them), in all and per program."""
+    inside them), in all, per program and per program's thread."""
     inside = [s for s in samples if start <= s.at <= end]
     if len(inside) < 2 or inside[-1].at <= inside[0].at:
         return None
     first, last = inside[0], inside[-1]
     elapsed = last.at - first.at
-    per_program = {label: (seconds - first.cpu_by_program.get(label, 0.0)) / elapsed
-                   for label, seconds in last.cpu_by_program.items()}
-    ordered = dict(sorted(((k, v) for k, v in per_program.items() if v > 0), key=lambda item: -item[1]))
-    return (last.cpu_seconds - first.cpu_seconds) / elapsed, ordered
+
+    def rates(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        per_label = {label: (seconds - before.get(label, 0.0)) / elapsed for label, seconds in after.items()}
+        return dict(sorted(((k, v) for k, v in per_label.items() if v > 0), key=lambda item: -item[1]))
+
+    return ((last.cpu_seconds - first.cpu_seconds) / elapsed, rates(first.cpu_by_program, last.cpu_by_program),
+            rates(first.cpu_by_thread, last.cpu_by_thread))
 
 
 def children_cpu_seconds() -> float:
@@ -295,10 +332,14 @@ class RunResult:
     video_frames_dropped: float | None = None
     dropped_share: float | None = None
     dropped_share_per_tile: dict[int, float] = field(default_factory=dict)
+    # the capture's own measure (manifest sync): each tile's browser cores, and the tiles it held back
+    tile_cores: dict[int, float] = field(default_factory=dict)
+    priority_lowered: dict[int, float] = field(default_factory=dict)  # tile -> composite seconds
     # process tree
     recording_seconds: float | None = None
     cores_recording: float | None = None
     cores_recording_by_program: dict[str, float] = field(default_factory=dict)
+    cores_recording_by_thread: dict[str, float] = field(default_factory=dict)
     cores_whole_run: float | None = None
     cpu_seconds_sampled: float | None = None
     cpu_seconds_rusage: float | None = None
@@ -338,8 +379,12 @@ def free_s3_port() -> int:
     raise RuntimeError(f"no free block of ports for the embedded SeaweedFS in {EMBEDDED_S3_PORTS}")
 
 
-def tile_urls(base_url: str, tiles: int) -> list[str]:
-    return [base_url + live_path(room) for room in range(1, min(tiles, ROOMS) + 1)]
+def tile_urls(base_url: str, tiles: int, *, heavy: bool = False) -> list[str]:
+    """Rooms 1..N; with `heavy`, the last tile is the page that takes every core (as a room too large to decode)."""
+    urls = [base_url + live_path(room) for room in range(1, min(tiles, ROOMS) + 1)]
+    if heavy:
+        urls[-1] = base_url + PATH_HEAVY_PAGE
+    return urls
 
 
 def frame_epochs(capture_dir: Path) -> list[float]:
@@ -377,8 +422,9 @@ def _stderr_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
-def run_capture(base_url: str, tiles: int, duration: float, skip: float, workdir: Path, *, pss: bool) -> RunResult:
-    urls = tile_urls(base_url, tiles)
+def run_capture(base_url: str, tiles: int, duration: float, skip: float, workdir: Path, *, pss: bool,
+                tile_size: str = DEFAULT_TILE_SIZE, heavy: bool = False) -> RunResult:
+    urls = tile_urls(base_url, tiles, heavy=heavy)
     result = RunResult(tiles=tiles, urls=urls, duration_seconds=duration, skip_seconds=skip)
     run_dir = workdir / f"tiles-{tiles}"
     out = run_dir / "capture"
@@ -387,8 +433,8 @@ def run_capture(base_url: str, tiles: int, duration: float, skip: float, workdir
     stderr_log = run_dir / "wz-stderr.log"
     env = {**os.environ, "WZ_DATA_DIR": str(run_dir / "data"), "WZ_CAPTURE_ALLOW_PRIVATE": "1",
            "WZ_NTP_TIMEOUT_SECONDS": "1", "WZ_EMBEDDED_S3_PORT": str(free_s3_port())}
-    argv = [str(WZ), "capture", *urls, "--duration", f"{duration:g}", "--out", str(out), "--json",
-            "--operator", "bench", "--case", f"BENCH-{tiles}"]
+    argv = [str(WZ), "capture", *urls, "--duration", f"{duration:g}", "--tile-size", tile_size, "--out", str(out),
+            "--json", "--operator", "bench", "--case", f"BENCH-{tiles}"]
     print(f"bench: {tiles} tile(s), {duration:g} s: {' '.join(urls)}", file=sys.stderr, flush=True)
 
     result.load_average_at_launch = os.getloadavg()[0]
@@ -547,13 +593,18 @@ def analyse(result: RunResult, out: Path, launched: float, samples: list[Sample]
         result.dropped_share = result.video_frames_dropped / result.video_frames_total
         result.dropped_share_per_tile = {tile: dropped / total for tile, total, dropped in totals}
 
+    if manifest.sync is not None:
+        result.tile_cores = {t.tile: t.cpu_cores_mean for t in manifest.sync.tiles if t.cpu_cores_mean is not None}
+        result.priority_lowered = {t.tile: t.priority_lowered_at_seconds for t in manifest.sync.tiles
+                                   if t.priority_lowered_at_seconds is not None}
+
     window = recording_window(manifest)
     if window is not None:
         record_start, record_end = window
         result.recording_seconds = record_end - record_start
         cores = cores_between(samples, record_start, record_end)
         if cores is not None:
-            result.cores_recording, result.cores_recording_by_program = cores
+            result.cores_recording, result.cores_recording_by_program, result.cores_recording_by_thread = cores
 
     if epochs:
         result.launch_to_first_frame_seconds = epochs[0] - launched
@@ -658,6 +709,8 @@ def markdown(runs: list[RunResult]) -> str:
         ("picture age at grab p50 / p95 / max (ms)",
          lambda r: f"{fmt(r.picture_age_p50_ms, '.0f')} / {fmt(r.picture_age_p95_ms, '.0f')} / "
          f"{fmt(r.picture_age_max_ms, '.0f')}", ""),
+        ("browser cores per tile (the capture's own measure)", lambda r: per_tile(r.tile_cores, ".2f")
+         + "".join(f"; tile {tile} held back at {at:g} s" for tile, at in r.priority_lowered.items()), ""),
         ("browser dropped frames",
          lambda r: fmt(None if r.dropped_share is None else r.dropped_share * 100, ".2f", " %")
          + (f" ({r.video_frames_dropped:.0f} of {r.video_frames_total:.0f})" if r.video_frames_total else ""),
@@ -688,13 +741,15 @@ def markdown(runs: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def render(runs: list[RunResult], duration: float, skip: float, profile: str) -> str:
+def render(runs: list[RunResult], duration: float, skip: float, profile: str, *,
+           tile_size: str = DEFAULT_TILE_SIZE, heavy: bool = False) -> str:
     room = PROFILES[profile]
     stream = (f"H.264 High {room.video_kbps} kbit/s" if room.video_kbps else "H.264 baseline, constant quality")
     parts = [
         f"Capture benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {duration:g} s per run, demo rooms "
         f"{room.name} ({room.width}x{room.height} at {room.fps} fps, {stream}, AAC {room.audio_kbps} kbit/s), "
-        f"frame rates and skew measured after the first {skip:g} s.",
+        f"tiles of {tile_size}, frame rates and skew measured after the first {skip:g} s."
+        + (" The last tile of each run is the heavy page (a thread spinning per core), not a room." if heavy else ""),
         f"Machine: {machine_line()}.",
         "",
         markdown(runs),
@@ -704,6 +759,9 @@ def render(runs: list[RunResult], duration: float, skip: float, profile: str) ->
         if run.cores_recording_by_program:
             top = [f"{label} {cores:.2f}" for label, cores in run.cores_recording_by_program.items() if cores >= 0.01]
             notes.append(f"- {run.tiles} tile(s): cores while recording, by program: {', '.join(top)}")
+        if run.cores_recording_by_thread:
+            top = [f"{label} {cores:.2f}" for label, cores in run.cores_recording_by_thread.items() if cores >= 0.02]
+            notes.append(f"- {run.tiles} tile(s): cores while recording, by thread (≥ 0.02): {', '.join(top)}")
     notes += [f"- {r.tiles} tile(s) FAILED: {r.failure}" for r in runs if r.failure]
     if notes:
         parts += ["", "Notes:", *notes]
@@ -728,6 +786,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      else None)
     parser.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
                         help="how the demo rooms' streams are encoded (default: 720p30, what platforms send)")
+    parser.add_argument("--tile-size", choices=list(TILE_SIZES), default=DEFAULT_TILE_SIZE,
+                        help=f"each tile's size in the composite (default {DEFAULT_TILE_SIZE})")
+    parser.add_argument("--heavy", action="store_true",
+                        help="record the last tile on /fail/heavy-page, a page that takes every core as a room too "
+                             "large to decode would: do the other tiles keep their rate?")
     parser.add_argument("--tiles", type=parse_tiles, default=list(DEFAULT_TILES),
                         help="comma-separated tile counts to record (default: 1,2,4,6)")
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds per capture (default: 30)")
@@ -787,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     with FixtureServer(args.cache, profile=args.profile) as server, work_directory(args.keep) as workdir:
         for tiles in args.tiles:
-            run = run_capture(server.base_url, tiles, args.duration, args.skip, workdir, pss=args.pss)
+            run = run_capture(server.base_url, tiles, args.duration, args.skip, workdir, pss=args.pss,
+                              tile_size=args.tile_size, heavy=args.heavy)
             runs.append(run)
             if run.failure:
                 print(f"bench: {tiles} tile(s) failed: {run.failure}", file=sys.stderr, flush=True)
@@ -796,13 +860,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"bench: its logs are kept in {kept}", file=sys.stderr, flush=True)
         if args.keep is not None:
             print(f"bench: captures kept in {workdir}", file=sys.stderr)
-    print(render(runs, args.duration, args.skip, args.profile))
+    print(render(runs, args.duration, args.skip, args.profile, tile_size=args.tile_size, heavy=args.heavy))
     if args.json is not None:
         target_run = next((r for r in runs if r.tiles == TARGET_TILES), None)
         document = {
             "generated_at": datetime.now(UTC).isoformat(),
             "machine": machine_line(),
             "profile": args.profile,
+            "tile_size": args.tile_size,
+            "heavy_last_tile": args.heavy,
             "duration_seconds": args.duration,
             "skip_seconds": args.skip,
             "sample_interval_seconds": SAMPLE_INTERVAL,

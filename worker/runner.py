@@ -250,7 +250,8 @@ class Worker:
     async def _record_and_preserve(self, running: Running, row: Any) -> None:
         asked = row.request
         request = CaptureRequest(urls=tuple(asked["urls"]), duration_seconds=asked.get("duration"),
-                                 fps=asked.get("fps", 15), layout=asked.get("layout", "auto"), case_id=row.case_id,
+                                 fps=asked.get("fps", 15), layout=asked.get("layout", "auto"),
+                                 tile_size=asked.get("tile_size", "640x360"), case_id=row.case_id,
                                  operator=row.operator)
 
         def created(capture_id: str, directory: Path) -> None:

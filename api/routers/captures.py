@@ -85,7 +85,7 @@ def capture_public(conn: Any, capture_id: str, note: str = "") -> CapturePublic:
     return CapturePublic(
         id=row.id, case_id=row.case_id, state=row.state, reason=row.reason, urls=asked["urls"],
         duration=asked.get("duration"), fps=asked.get("fps", 15), layout=asked.get("layout", "auto"),
-        tiles=row.tiles, operator=row.operator_name,
+        tile_size=asked.get("tile_size", "640x360"), tiles=row.tiles, operator=row.operator_name,
         second_officer=OfficerPublic(user=row.officer_name, confirmed_at=row.witnessed_at)
         if row.officer_name else None,
         created_at=row.created_at, started_at=row.started_at, ended_at=row.ended_at, worker=row.worker,
@@ -100,7 +100,7 @@ def _check_request(ctx: Context, body: CaptureCreate) -> list[str]:
         raise HTTPException(422, f"duration {body.duration:g} s is over the maximum of "
                                  f"{settings.max_duration_seconds:g} s")
     try:
-        build_layout(list(body.urls), spec=body.layout, fps=body.fps)
+        build_layout(list(body.urls), spec=body.layout, fps=body.fps, size=body.tile_size)
         policy = TargetPolicy.from_settings(settings.capture_allow_networks, settings.capture_allow_private)
         targets = validate_targets(list(body.urls), policy=policy)
     except EvidenceError as exc:
@@ -129,7 +129,8 @@ def launch(body: CaptureCreate, response: Response, ctx: ContextDep, access: Ann
     principal = access.principal
     now = datetime.now(UTC)
     capture_id = f"wz-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    request = {"urls": urls, "duration": body.duration, "fps": body.fps, "layout": body.layout}
+    request = {"urls": urls, "duration": body.duration, "fps": body.fps, "layout": body.layout,
+               "tile_size": body.tile_size}
     with ctx.engine.begin() as conn:
         officer_id = None
         if body.second_officer is not None:
@@ -150,7 +151,7 @@ def launch(body: CaptureCreate, response: Response, ctx: ContextDep, access: Ann
         conn.execute(update(captures).where(captures.c.id == capture_id).values(job_id=job_id))
         entry = ctx.record_in(conn, principal.actor, CustodyAction.CAPTURE_REQUESTED, capture_id, {
             "case": access.case.id, "urls": urls, "duration": body.duration, "fps": body.fps,
-            "layout": body.layout, "operator": principal.name,
+            "layout": body.layout, "tile_size": body.tile_size, "operator": principal.name,
             "second_officer": body.second_officer or "none: launched without a second officer"})
         conn.execute(insert(capture_events).values(capture_id=capture_id, at=func.now(), kind="state", event={
             "kind": "state", "message": "queued", "state": "queued", "reason": ""}))

@@ -96,7 +96,7 @@ def test_end_to_end_through_http(served: Served, demo_server: FixtureServer, s3_
     assert preview.content[:2] == b"\xff\xd8" and int(preview.headers["age"]) <= 3
     progress = client.get(f"/captures/{capture_id}", headers=wang).json()["progress"]
     assert progress["phase"] == "recording" and len(progress["tiles"]) == 4
-    assert set(progress["keeping_up"]) == {"cpu_saturated_seconds", "dropping"}  # said while recording
+    assert set(progress["keeping_up"]) == {"cpu_saturated_seconds", "dropping", "lowered"}  # said while recording
 
     rest = sse_events(client, f"/captures/{capture_id}/events", wang, last_event_id=first[-1]["id"])
     assert rest[-1]["event"] == "end" and rest[-1]["data"]["state"] == "complete", rest[-5:]

@@ -81,6 +81,7 @@ def test_a_failed_custody_write_queues_nothing(service: Service) -> None:
     ({"urls": ["http://127.0.0.1:9/"], "duration": 10**9}, "maximum"),
     ({"urls": ["http://127.0.0.1:9/"], "fps": 240}, "fps"),
     ({"urls": ["http://127.0.0.1:9/"], "layout": "../../x"}, "layout"),
+    ({"urls": ["http://127.0.0.1:9/"], "tile_size": "3840x2160"}, "tile_size"),
     ({"urls": ["http://127.0.0.1:9/"], "second_officer": "nobody"}, "second_officer"),
     ({"urls": ["http://127.0.0.1:9/"], "second_officer": "wang"}, "other than the operator"),
     ({"urls": ["http://127.0.0.1:9/"], "out_dir": "/etc"}, "out_dir"),
@@ -100,6 +101,17 @@ def test_private_targets_are_refused_unless_allowlisted(tmp_path: Path, s3_serve
             answer = service.post(f"/cases/{case_id}/captures", "wang", json={"urls": [url]})
             assert answer.status_code == 422, (url, answer.text)
             assert "refusing" in answer.json()["detail"], answer.text
+
+
+def test_the_tile_size_asked_for_is_kept_with_the_capture(service: Service) -> None:
+    case_id = case_with(service)
+    launched = service.post(f"/cases/{case_id}/captures", "wang",
+                            json={"urls": ["http://127.0.0.1:9/"], "tile_size": "960x540"})
+    assert launched.status_code == 202, launched.text
+    assert launched.json()["tile_size"] == "960x540"
+    assert service.request("GET", f"/captures/{launched.json()['id']}", "wang").json()["tile_size"] == "960x540"
+    default = service.post(f"/cases/{case_id}/captures", "wang", json={"urls": ["http://127.0.0.1:9/"]})
+    assert default.json()["tile_size"] == "640x360"
 
 
 def test_a_closed_case_takes_no_capture(service: Service) -> None:

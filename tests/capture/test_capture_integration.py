@@ -19,6 +19,7 @@ from capture.fixtures import (
     PATH_FAIL_404,
     PATH_FAIL_HANG_LOAD,
     PATH_FAIL_HANG_RENDERER,
+    PATH_HEAVY_PAGE,
     PATH_PRODUCT,
     PATH_SLOW_RENDERER,
     ROOM_TONES,
@@ -26,7 +27,8 @@ from capture.fixtures import (
     flv_path,
     live_path,
 )
-from evidence import ArtifactRole, CaptureStatus, Manifest, StepName, SyncVerdict, TileStatus
+from cli.main import sync_lines
+from evidence import ArtifactRole, CaptureStatus, DegradedCause, Manifest, StepName, SyncVerdict, TileStatus
 from evidence.layout import load_manifest
 from hashing import digest_file
 from storage import S3Endpoint
@@ -276,6 +278,59 @@ def test_failed_tiles_are_recorded_and_the_others_go_on(demo_server: FixtureServ
     verdicts = {t.tile: t.verdict for t in manifest.sync.tiles}
     assert verdicts[1] == verdicts[5] == SyncVerdict.NOT_MEASURED
     assert verdicts[4] in (SyncVerdict.IN_SYNC, SyncVerdict.DEGRADED)
+
+
+def test_a_larger_tile_size_records_every_tile_at_that_size(demo_server: FixtureServer, tmp_path: Path,
+                                                              wz_env: dict[str, str]) -> None:
+    """--tile-size 960x540: the windows are drawn at 0.75, the composite and each tile's own video hold them at that
+    size, the time codes still read, and the full-page screenshot stays at the page's own 1280 CSS px."""
+    out = tmp_path / "c"
+    urls = [demo_server.base_url + live_path(1), demo_server.base_url + PATH_PRODUCT]
+    result = wz(["capture", *urls, "--duration", "10", "--tile-size", "960x540", "--out", str(out), "--json"], wz_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = load_manifest(out)
+    assert [t.rect.as_list() for t in manifest.layout.tiles] == [[0, 48, 960, 540], [960, 48, 960, 540]]
+    (video,) = [s for s in ffprobe(out / "composite.mp4")["streams"] if s["codec_type"] == "video"]
+    assert (video["width"], video["height"]) == (1920, 588)
+    (own,) = [s for s in ffprobe(out / "tiles" / "1" / "video.mp4")["streams"] if s["codec_type"] == "video"]
+    assert (own["width"], own["height"]) == (960, 540)
+    assert "--force-device-scale-factor=0.75" in manifest.provenance.launch_flags
+    report = sync_report(tile_timecodes(out / "composite.mp4", manifest.layout), manifest.layout.fps, skip_seconds=4)
+    assert report.advancing[1], report
+    shot = cv2.imread(str(out / "tiles" / "2" / "screenshot-start.png"))
+    assert shot.shape[1] == 1280, shot.shape
+
+
+def test_a_tile_that_costs_the_machine_is_named_and_the_room_beside_it_keeps_recording(
+        demo_server: FixtureServer, tmp_path: Path, wz_env: dict[str, str]) -> None:
+    """A page taking every core (as a 4K 60 fps room would) beside a room: the signed manifest says which tile cost
+    what, the room goes on recording, and the heavy tile is held back only if the room's browser dropped frames
+    (tests/capture/test_processes.py holds a tile back on real processes)."""
+    base = demo_server.base_url
+    out = tmp_path / "c"
+    result = wz(["capture", base + live_path(1), base + PATH_HEAVY_PAGE, "--duration", "20", "--out", str(out),
+                 "--json"], wz_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = load_manifest(out)
+    assert manifest.sync is not None
+    room, heavy = manifest.sync.tiles
+    assert heavy.cpu_cores_mean is not None and room.cpu_cores_mean is not None
+    assert heavy.cpu_cores_mean > 2 * room.cpu_cores_mean, (heavy, room)
+    assert heavy.cpu_cores_peak is not None and room.cpu_cores_peak is not None
+    assert room.priority_lowered_at_seconds is None
+    timeline = [json.loads(line) for line in (out / "tiles" / "2" / "timeline.jsonl").read_text().splitlines()]
+    lowered = [e for e in timeline if e["event"] == "priority-lowered"]
+    room_dropped = [s for s in room.spans if s.cause == DegradedCause.BROWSER_DROPPED]
+    if heavy.priority_lowered_at_seconds is None:
+        assert lowered == []
+    else:  # only for a cause: the room dropped frames before it
+        assert room_dropped and room_dropped[0].start_seconds <= heavy.priority_lowered_at_seconds, room.spans
+        assert len(lowered) == 1 and lowered[0]["niceness"] == 10
+        assert "its CPU priority lowered at" in sync_lines(manifest.sync)[2]  # what `wz verify` prints
+    assert "its browser used" in sync_lines(manifest.sync)[2]
+    codes = tile_timecodes(out / "composite.mp4", manifest.layout)
+    report = sync_report(codes, manifest.layout.fps, skip_seconds=5)
+    assert report.advancing[1] and report.advancing[2]  # both recorded; the room was not starved
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

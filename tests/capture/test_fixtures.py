@@ -230,7 +230,7 @@ def test_page_status(server: FixtureServer, key: str) -> None:
         else:
             assert f'data-transport="flv" data-src="{flv_path(room)}/stream.flv"' in text
         assert "muted" not in re.findall(r"<video[^>]*>", text)[0]
-    if key in ("product", "fail_hang_renderer", "slow_renderer") or key.startswith(("live", "flv")):
+    if key in ("product", "fail_hang_renderer", "slow_renderer", "heavy_page") or key.startswith(("live", "flv")):
         assert "/static/timecode.js" in text
 
 

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from capture.sync import METHOD, SyncMonitor
+from cli.main import sync_lines
 from evidence import DegradedCause, Manifest, SyncQuality, SyncVerdict, TileStatus
 
 FPS = 15
@@ -109,6 +110,106 @@ def test_the_machine_load_and_the_live_warning_come_from_the_cpu_readings() -> N
     time.sleep(0.2)  # /proc/stat counts in hundredths of a second
     monitor.sample_cpu(START + 11)
     assert len(monitor.cpu) == 6 and 0.0 <= monitor.cpu[-1][1] <= 1.0
+
+
+def costs(monitor: SyncMonitor, seconds: int, cores: dict[int, float], *, dropping: tuple[int, ...] = (1,)) -> None:
+    """Each tile's browser CPU seconds, read once a second, at a steady `cores`; every core saturated throughout;
+    the tiles in `dropping` drop 10 % of their video frames in their last two windows."""
+    for second in range(seconds + 1):
+        monitor.cpu.append((START + second, 1.0))
+        for tile, rate in cores.items():
+            monitor.add_tile_cpu(tile, START + second, rate * second)
+    for tile in dropping:
+        monitor.add_video(tile, START + seconds - 4, 540, 0)
+        monitor.add_video(tile, START + seconds - 2, 600, 6)
+        monitor.add_video(tile, START + seconds, 660, 12)
+
+
+def test_each_tile_says_what_its_browser_cost() -> None:
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    for second in range(21):  # 0.2 cores, then 0.8 for 6 s from 10 s on
+        monitor.add_tile_cpu(1, START + second, 0.2 * second + 0.6 * max(0, min(second, 16) - 10))
+    quality = monitor.judge(frames(20), {1: TileStatus.COMPLETE, 2: TileStatus.COMPLETE})
+    one, two = quality.tiles
+    assert one.cpu_cores_mean == pytest.approx((0.2 * 20 + 0.6 * 6) / 20, abs=0.001)
+    assert one.cpu_cores_peak == pytest.approx(0.8, abs=0.001)  # the most over any 5 s
+    assert one.priority_lowered_at_seconds is None
+    assert two.cpu_cores_mean is None and two.cpu_cores_peak is None  # never measured: not claimed
+
+
+def test_a_short_burst_is_averaged_over_the_peak_window() -> None:
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    for second in range(21):  # 0.2 cores, and 1.2 for 2 s from 10 s on
+        monitor.add_tile_cpu(1, START + second, 0.2 * second + 1.0 * max(0, min(second, 12) - 10))
+    quality = monitor.judge(frames(20), {1: TileStatus.FAILED})
+    (one,) = quality.tiles
+    assert one.cpu_cores_peak == pytest.approx((0.2 * 5 + 1.0 * 2) / 5, abs=0.001)  # 5 s windows, not 1 s
+    assert one.verdict == SyncVerdict.NOT_MEASURED and one.cpu_cores_mean is not None  # failed: its cost still said
+
+
+def test_a_tile_far_costlier_than_the_others_on_a_saturated_machine_is_named() -> None:
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    costs(monitor, 8, {1: 0.3, 2: 1.2, 3: 0.25})
+    tile, cores, median = monitor.costly_tile({1, 2, 3}) or (0, 0.0, 0.0)
+    assert tile == 2 and cores == pytest.approx(1.2) and median == pytest.approx(0.275)
+    monitor.lowered[2] = START + 8
+    assert monitor.costly_tile({1, 2, 3}) is None  # lowered once; the next heaviest is not far costlier
+    assert "tile 2 costs far more than the others" in monitor.live_warning()
+    quality = monitor.judge(frames(8), {1: TileStatus.COMPLETE, 2: TileStatus.COMPLETE, 3: TileStatus.COMPLETE})
+    assert quality.tiles[1].priority_lowered_at_seconds == pytest.approx(8.0)
+    assert quality.tiles[1].cpu_cores_mean == pytest.approx(1.2)
+    assert "nice 10" in quality.method
+    lines = sync_lines(quality)
+    assert lines[2].startswith("SYNC tile 2: in-sync, its browser used 1.20 cores (peak 1.20), its CPU priority "
+                               "lowered at 8 s"), lines
+    assert "its browser used 0.30 cores" in lines[1] and "priority" not in lines[1]
+
+
+@pytest.mark.parametrize(("cores", "saturated", "recording"), [
+    ({1: 0.3, 2: 1.2}, False, {1, 2}),  # the machine keeps up: nobody is held back
+    ({1: 0.3, 2: 0.55}, True, {1, 2}),  # costlier, but not twice the others
+    ({1: 0.1, 2: 0.4}, True, {1, 2}),  # four times, but under half a core: not what saturates the machine
+    ({1: 0.3, 2: 1.2, 3: 0.25}, True, {1, 3}),  # the costly tile no longer records
+    ({2: 1.2}, True, {2}),  # alone: there is nobody to keep the rate for
+    ({1: 0.8, 2: 0.02}, True, {1, 2}),  # a room beside a product page: under its fair share of the machine
+])
+def test_no_tile_is_held_back_without_cause(cores: dict[int, float], saturated: bool, recording: set[int]) -> None:
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    costs(monitor, 8, cores, dropping=(1, 2))
+    if not saturated:
+        monitor.cpu[:] = [(at, 0.6) for at, _ in monitor.cpu]
+    assert monitor.costly_tile(recording) is None
+
+
+def test_a_costly_tile_is_left_alone_while_nobody_else_suffers() -> None:
+    """Lowering a tile's priority costs it its own timing: only another tile dropping frames for a while justifies
+    it (a tile dropping its own frames is not harmed by the others; one frame lost in one window is no harm)."""
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    costs(monitor, 8, {1: 0.3, 2: 1.2, 3: 0.25}, dropping=(2,))
+    assert monitor.costly_tile({1, 2, 3}) is None
+    monitor.add_video(1, START + 10, 720, 0)
+    monitor.add_video(1, START + 12, 780, 1)  # one frame of 60: past the 1 % bound, once
+    assert monitor.live_state()["dropping"] == {1: pytest.approx(1 / 60, abs=0.001), 2: pytest.approx(0.1)}
+    assert monitor.costly_tile({1, 2, 3}) is None
+    costs(monitor, 8, {1: 0.3, 2: 1.2, 3: 0.25}, dropping=(3,))
+    assert monitor.costly_tile({1, 2, 3}) is not None
+
+
+def test_a_second_tile_turning_heavy_is_held_back_too() -> None:
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    costs(monitor, 8, {1: 0.2, 2: 1.2, 3: 0.9, 4: 0.2})
+    monitor.lowered[2] = START + 3  # still the heaviest: nice does not cap what it takes
+    assert monitor.costly_tile({1, 2, 3, 4}) == (3, pytest.approx(0.9), pytest.approx(0.2))
+
+
+def test_a_costly_tile_is_judged_on_its_last_seconds_not_its_whole_past() -> None:
+    monitor = SyncMonitor(fps=FPS, cores=2)
+    for second in range(31):  # tile 2 was heavy for its first 20 s, then light
+        monitor.cpu.append((START + second, 1.0))
+        monitor.add_tile_cpu(1, START + second, 0.3 * second)
+        monitor.add_tile_cpu(2, START + second, 1.5 * min(second, 20) + 0.3 * max(0, second - 20))
+    assert monitor.costly_tile({1, 2}) is None
+    assert monitor.recent_cores()[2] == pytest.approx(0.3)
 
 
 def test_old_manifests_without_a_verdict_still_load() -> None:

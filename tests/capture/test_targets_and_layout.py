@@ -1,10 +1,12 @@
 """Capture targets: parsed as the browser parses them, every address checked, allowlists by network."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from capture.layout import build_layout, grid_shape
+from capture.browser import chromium_flags
+from capture.layout import TILE_SIZES, build_layout, grid_shape
 from capture.targets import TargetPolicy, parse_target, validate_targets, validate_url
 from evidence import ConfigurationError, TargetRefused, UsageError
 
@@ -125,3 +127,26 @@ def test_layout_rects_tile_the_composite_without_overlap() -> None:
         assert tile.label_rect.y + tile.label_rect.height == tile.rect.y
         assert tile.rect.x + tile.rect.width <= layout.width and tile.rect.y + tile.rect.height <= layout.height
     assert layout.width % 2 == 0 and layout.height % 2 == 0  # yuv420p needs even sizes
+
+
+@pytest.mark.parametrize("size", list(TILE_SIZES))
+@pytest.mark.parametrize("count", range(1, 10))
+def test_every_tile_size_places_windows_on_whole_css_pixels(size: str, count: int) -> None:
+    """A window is placed in CSS px: a tile edge between two CSS px would shift the page against its label by a
+    pixel; and yuv420p needs an even composite."""
+    layout = build_layout([f"http://127.0.0.1/{i}" for i in range(count)], size=size)
+    width, height = TILE_SIZES[size]
+    scale = width / 1280
+    assert layout.width % 2 == 0 and layout.height % 2 == 0
+    for tile in layout.tiles:
+        assert (tile.rect.width, tile.rect.height) == (width, height)
+        for edge in (tile.rect.x, tile.rect.y):
+            assert (edge / scale).is_integer(), (size, tile.tile, edge)
+        assert f"--window-position={round(tile.rect.x / scale)},{round(tile.rect.y / scale)}" in chromium_flags(
+            tile.rect, Path("/nonexistent"))
+        assert f"--force-device-scale-factor={scale:g}" in chromium_flags(tile.rect, Path("/nonexistent"))
+
+
+def test_an_unknown_tile_size_is_refused_by_name() -> None:
+    with pytest.raises(UsageError, match="640x360, 960x540, 1280x720"):
+        build_layout(["http://127.0.0.1/"], size="4096x2160")

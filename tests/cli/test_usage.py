@@ -19,6 +19,7 @@ from tests.conftest import REPO, offline_env, wz
         (["capture", "http://127.0.0.1:9/", "--duration", "999999"], "over the maximum"),
         (["capture", "http://127.0.0.1:9/", "--layout", "5x5"], "layout"),
         (["capture", "http://127.0.0.1:9/", "--fps", "100"], "--fps"),
+        (["capture", "http://127.0.0.1:9/", "--tile-size", "4096x2160"], "--tile-size"),
         (["capture"], "required"),
     ],
 )

@@ -84,7 +84,7 @@ def test_launch_watch_witness_stop_play_report_and_verify(browser: Browser, serv
     expect(page.locator("#second-officer")).to_contain_text("li（待确认）")
     # While recording, the worker reports whether the machine keeps up (the page shows it when it does not).
     keeping_up = served.client.get(f"/captures/{capture_id}", headers=wang).json()["progress"]["keeping_up"]
-    assert set(keeping_up) == {"cpu_saturated_seconds", "dropping"}, keeping_up
+    assert set(keeping_up) == {"cpu_saturated_seconds", "dropping", "lowered"}, keeping_up
     expect(page.get_by_role("button", name="我作为第二取证人确认")).to_have_count(0)  # only li confirms
     _shot(page, "capture-recording-zh")
 

@@ -192,6 +192,8 @@ function newCaptureForm(found) {
   const layout = h("select", { name: "layout" }, h("option", { value: "auto" }, t("new.layout_auto")),
     ["1x1", "1x2", "2x2", "2x3", "3x3"].map((value) => h("option", { value }, value)));
   const fps = h("input", { name: "fps", type: "number", min: 1, max: 30, value: 15 });
+  const tileSize = h("select", { name: "tile_size" },
+    ["640x360", "960x540", "1280x720"].map((value) => h("option", { value }, t(`new.tile_size.${value}`))));
   const officers = found.members.filter((m) => m.role === "investigator" && (!me || m.user !== me.name));
   const second = h("select", { name: "second_officer" }, h("option", { value: "" }, t("new.no_second_officer")),
     officers.map((m) => h("option", { value: m.user }, m.user)));
@@ -204,7 +206,7 @@ function newCaptureForm(found) {
       problem.textContent = t("new.too_many");
       return;
     }
-    const body = { urls: list, layout: layout.value, fps: Number(fps.value) || 15 };
+    const body = { urls: list, layout: layout.value, tile_size: tileSize.value, fps: Number(fps.value) || 15 };
     if (duration.value) body.duration = Number(duration.value);
     if (second.value) body.second_officer = second.value;
     try {
@@ -219,6 +221,7 @@ function newCaptureForm(found) {
   field("new.duration", duration),
   field("new.layout", layout),
   field("new.fps", fps),
+  field("new.tile_size", tileSize),
   field("new.second_officer", second),
   problem,
   h("button", { type: "submit", class: "primary" }, t("new.launch")));
@@ -294,6 +297,10 @@ function describeEvent(event) {
       return t("ev.step", { step: t(`step.${data.step}`, {}, data.step),
         outcome: data.outcome ? t(`outcome.${data.outcome}`, {}, data.outcome) : t("outcome.started") });
     case "tile":
+      if (data.tile && data.cpu_cores != null) {
+        return t("ev.tile_lowered", { tile: data.tile, cores: data.cpu_cores.toFixed(2),
+          others: (data.others_cores ?? 0).toFixed(2) });
+      }
       if (!data.tile || !data.tile_status) break;
       return t("ev.tile", { tile: data.tile, status: t(`tile.${data.tile_status}`, {}, data.tile_status) });
     case "done":

@@ -428,6 +428,7 @@ export function behindLine(keepingUp) {
     parts.push(t("cap.behind_tile", { tile, share: Math.round(share * 100) }));
   }
   if (!parts.length) return null;
+  for (const tile of keepingUp.lowered || []) parts.push(t("cap.behind_lowered", { tile }));
   const what = parts.join(language() === "zh" ? "；" : "; ");
   return h("p", { class: "warning", id: "capture-behind" }, t("cap.behind", { what }));
 }
@@ -454,6 +455,13 @@ function remarkOf(verdict) {
   return verdict.remark ? h("div", { class: "muted" }, verdict.remark) : null;
 }
 
+// A tile that cost far more than the others on a saturated machine was held back so the others kept their rate.
+function loweredOf(verdict) {
+  const at = verdict.priority_lowered_at_seconds;
+  if (at == null) return null;
+  return h("div", { class: "warning" }, t("quality.lowered", { at: formatSeconds(Math.floor(at)) }));
+}
+
 // The capture's own measure of its synchronization (signed with the manifest); older manifests have none, and
 // then only the browser's counters at the end are shown.
 function quality(manifest) {
@@ -470,8 +478,11 @@ function quality(manifest) {
         : t("quality.no_verdict")),
       h("td", { class: "number" }, decoded != null ? String(decoded) : "—"),
       h("td", { class: "number" }, dropped != null ? `${(dropped * 100).toFixed(2)} %` : "—"),
+      h("td", { class: "number" }, verdict && verdict.cpu_cores_mean != null && verdict.cpu_cores_peak != null
+        ? t("quality.cpu_cores", { mean: verdict.cpu_cores_mean.toFixed(2), peak: verdict.cpu_cores_peak.toFixed(2) })
+        : "—"),
       h("td", { class: "wrap" }, ...(verdict ? [...verdict.spans.map((span) => h("div", {}, spanText(span))),
-        remarkOf(verdict)] : ["—"])));
+        loweredOf(verdict), remarkOf(verdict)] : ["—"])));
   });
   const parts = [];
   if (sync && sync.composite) {
@@ -486,7 +497,7 @@ function quality(manifest) {
       p95: Math.round(m.busy_p95 * 100), saturated: m.saturated_seconds })));
   }
   parts.push(table("quality.title", ["cap.tile", "quality.verdict", "quality.frames", "quality.dropped",
-    "quality.spans"], rows));
+    "quality.cpu", "quality.spans"], rows));
   if (sync) parts.push(h("details", {}, h("summary", {}, t("quality.method")), h("p", { class: "wrap" }, sync.method)));
   return parts;
 }
