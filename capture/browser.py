@@ -329,6 +329,9 @@ class TileBrowser:
             return [f"{label} snapshot skipped: no live page"]
         page = self.page
         path = str(self.directory / f"screenshot-{label}.png")
+        # DevTools redraws the window at the screenshot's scale while it draws the full page (about half a second
+        # on an idle machine): the recording shows it, and the timeline says when, from here to "snapshot".
+        self.event("snapshot-started", label=label)
         try:
             await asyncio.wait_for(self._legible_screenshot(Path(path), problems), timeout)
         except (TimeoutError, Error, KeyError, ValueError) as exc:

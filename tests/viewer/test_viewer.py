@@ -36,7 +36,9 @@ def _page(browser: Browser, served: Served, size: str = "1366x768") -> tuple[Pag
                   lambda route: route.abort())
     page = context.new_page()
     problems: list[str] = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    # "Failed to load resource: ... 404" says which request only in its location.
+    page.on("console", lambda message: problems.append(f"{message.text} ({message.location.get('url', '?')})")
+            if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
     # A progress stream the page itself closes (leaving the page, or reconnecting) and a player's range request
     # it no longer needs (a seek, another tile's file) end as net::ERR_ABORTED; any other failed request is a
