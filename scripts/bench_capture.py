@@ -17,7 +17,9 @@ Per run it reports, from the time codes the demo pages draw and from the process
   Media, Compositor, VizCompositorThread...; unnamed ones count under the program's name), peak RSS and PSS of the
   whole process tree, and each tile's browser cores as the capture itself measured them (manifest `sync`);
 - time from launching `wz capture` to its first composite frame, and to the frame by which every tile's time code
-  has been read.
+  has been read; from the end of the recording to `wz capture` exiting (finalize, hashing, storing);
+- for long runs (`--duration 900`), the tree's summed RSS and process count at each minute of the recording and its
+  growth after the first minute.
 
 It prints the figures as a Markdown table (and --json FILE); it never fails on a slow figure. The exit status is 1
 only when `wz capture` fails (its figures are still shown when the recording could be measured).
@@ -92,6 +94,7 @@ class Sample:
     processes: int
     cpu_by_program: dict[str, float]  # cumulative CPU seconds per program up to this sample
     cpu_by_thread: dict[str, float]  # cumulative CPU seconds per "program: thread name" up to this sample
+    rss_by_program: dict[str, int] = field(default_factory=dict)  # summed RSS per program at this sample
 
 
 class TreeSampler(threading.Thread):
@@ -144,6 +147,7 @@ class TreeSampler(threading.Thread):
         except psutil.Error:
             return
         rss = 0
+        rss_by_program: dict[str, int] = {}
         pss: int | None = 0 if self.pss else None
         counted = 0
         for process in processes:
@@ -162,12 +166,14 @@ class TreeSampler(threading.Thread):
             self.cpu_by_program[label] = self.cpu_by_program.get(label, 0.0) + delta
             self._sample_threads(key, label)
             rss += int(memory.rss)
+            rss_by_program[label] = rss_by_program.get(label, 0) + int(memory.rss)
             if pss is not None:
                 pss += int(memory.pss)
             counted += 1
         self.max_processes = max(self.max_processes, counted)
         self.samples.append(Sample(at=time.time(), cpu_seconds=self.cpu_seconds, rss=rss, pss=pss, processes=counted,
-                                   cpu_by_program=dict(self.cpu_by_program), cpu_by_thread=dict(self.cpu_by_thread)))
+                                   cpu_by_program=dict(self.cpu_by_program), cpu_by_thread=dict(self.cpu_by_thread),
+                                   rss_by_program=rss_by_program))
         reap_orphans(self.capture_pid)
 
     def _sample_threads(self, key: tuple[int, float], label: str) -> None:
@@ -280,6 +286,19 @@ def cores_between(samples: list[Sample], start: float, end: float
             rates(first.cpu_by_thread, last.cpu_by_thread))
 
 
+def by_minute(samples: list[Sample], start: float, end: float) -> list[Sample]:
+    """The sample nearest each whole minute of the recording (1, 2, ... min after `start`, up to `end`)."""
+    chosen = []
+    minute = 1
+    while start + 60 * minute <= end:
+        moment = start + 60 * minute
+        nearest = min(samples, key=lambda sample: abs(sample.at - moment), default=None)
+        if nearest is not None and abs(nearest.at - moment) <= 5 * SAMPLE_INTERVAL:
+            chosen.append(nearest)
+        minute += 1
+    return chosen
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return float(usage.ru_utime + usage.ru_stime)
@@ -351,6 +370,12 @@ class RunResult:
     sampler_cpu_seconds: float | None = None
     # start-up
     launch_to_exit_seconds: float | None = None
+    stop_to_exit_seconds: float | None = None  # from the end of the recording to wz exiting (finalize, hash, store)
+    # long captures: the tree's summed RSS and process count at each whole minute of the recording
+    rss_by_minute_bytes: list[int] = field(default_factory=list)
+    processes_by_minute: list[int] = field(default_factory=list)
+    rss_growth_after_first_minute: float | None = None  # (most at a later minute - at minute 1) / at minute 1
+    rss_growth_by_program_mib: dict[str, float] = field(default_factory=dict)  # last minute minus minute 1
     launch_to_first_frame_seconds: float | None = None
     launch_to_all_tiles_decoded_seconds: float | None = None
     launch_to_all_tiles_decoded_same_frame_seconds: float | None = None
@@ -422,6 +447,11 @@ def _stderr_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+def overrun(duration: float) -> float:
+    """How long a capture may run past its duration: finalizing a long one takes longer."""
+    return max(OVERRUN_SECONDS, 0.5 * duration)
+
+
 def run_capture(base_url: str, tiles: int, duration: float, skip: float, workdir: Path, *, pss: bool,
                 tile_size: str = DEFAULT_TILE_SIZE, heavy: bool = False) -> RunResult:
     urls = tile_urls(base_url, tiles, heavy=heavy)
@@ -445,7 +475,7 @@ def run_capture(base_url: str, tiles: int, duration: float, skip: float, workdir
         sampler = TreeSampler(process.pid, pss=pss)
         sampler.start()
         try:
-            stdout, _ = process.communicate(timeout=duration + OVERRUN_SECONDS)
+            stdout, _ = process.communicate(timeout=duration + overrun(duration))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGTERM)  # wz finishes what it has on SIGTERM
             try:
@@ -453,7 +483,7 @@ def run_capture(base_url: str, tiles: int, duration: float, skip: float, workdir
             except subprocess.TimeoutExpired:
                 process.kill()
                 stdout, _ = process.communicate()
-            result.notes.append(f"wz capture overran {duration + OVERRUN_SECONDS:g} s and was stopped")
+            result.notes.append(f"wz capture overran {duration + overrun(duration):g} s and was stopped")
         except KeyboardInterrupt:
             # The terminal sent SIGINT to wz too; let it finish its manifest before leaving.
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -602,6 +632,16 @@ def analyse(result: RunResult, out: Path, launched: float, samples: list[Sample]
     if window is not None:
         record_start, record_end = window
         result.recording_seconds = record_end - record_start
+        if result.launch_to_exit_seconds is not None:
+            result.stop_to_exit_seconds = launched + result.launch_to_exit_seconds - record_end
+        minutes = by_minute(samples, record_start, record_end)
+        result.rss_by_minute_bytes = [sample.rss for sample in minutes]
+        result.processes_by_minute = [sample.processes for sample in minutes]
+        if len(minutes) >= 2:
+            result.rss_growth_after_first_minute = (max(s.rss for s in minutes[1:]) - minutes[0].rss) / minutes[0].rss
+            first, last = minutes[0].rss_by_program, minutes[-1].rss_by_program
+            growth = {label: (last.get(label, 0) - first.get(label, 0)) / 2**20 for label in {*first, *last}}
+            result.rss_growth_by_program_mib = dict(sorted(growth.items(), key=lambda item: -abs(item[1])))
         cores = cores_between(samples, record_start, record_end)
         if cores is not None:
             result.cores_recording, result.cores_recording_by_program, result.cores_recording_by_thread = cores
@@ -641,6 +681,12 @@ TARGETS: dict[str, Target] = {
     "rss": Target("≤ 3 GiB", lambda r: None if r.peak_rss_bytes is None else r.peak_rss_bytes / GIB,
                   lambda v: v <= 3),
     "first_frame": Target("≤ 5 s", lambda r: r.launch_to_first_frame_seconds, lambda v: v <= 5),
+    # How far within (negative) or over 0.1 x the recorded seconds + 30 s the stop-to-exit time is.
+    "stop_to_exit": Target("≤ 0.1 × recorded + 30 s", lambda r: None if r.stop_to_exit_seconds is None
+                           or r.recording_seconds is None
+                           else r.stop_to_exit_seconds - (0.1 * r.recording_seconds + 30), lambda v: v <= 0),
+    "memory_flat": Target("growth < 5 % after minute 1", lambda r: r.rss_growth_after_first_minute,
+                          lambda v: v < 0.05),
 }
 
 
@@ -732,6 +778,14 @@ def markdown(runs: list[RunResult]) -> str:
         ("launch → every tile's time code read", lambda r: fmt(r.launch_to_all_tiles_decoded_seconds, ".2f", " s"),
          ""),
         ("launch → wz exits", lambda r: fmt(r.launch_to_exit_seconds, ".1f", " s"), ""),
+        ("recording stopped → wz exits", lambda r: fmt(r.stop_to_exit_seconds, ".1f", " s"),
+         target_verdict("stop_to_exit", target_run)),
+        ("summed RSS at each minute of recording (processes)", lambda r: " · ".join(
+            f"{rss / 2**20:,.0f} ({count})" for rss, count in zip(r.rss_by_minute_bytes, r.processes_by_minute,
+                                                                   strict=True)) or "n/a (under a minute)", ""),
+        ("summed RSS growth after minute 1", lambda r: fmt(None if r.rss_growth_after_first_minute is None
+                                                          else r.rss_growth_after_first_minute * 100, ".1f", " %"),
+         target_verdict("memory_flat", target_run)),
         ("load average (1 min) at launch", lambda r: fmt(r.load_average_at_launch, ".2f"), ""),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
@@ -759,6 +813,10 @@ def render(runs: list[RunResult], duration: float, skip: float, profile: str, *,
         if run.cores_recording_by_program:
             top = [f"{label} {cores:.2f}" for label, cores in run.cores_recording_by_program.items() if cores >= 0.01]
             notes.append(f"- {run.tiles} tile(s): cores while recording, by program: {', '.join(top)}")
+        if run.rss_growth_by_program_mib:
+            grew = [f"{label} {mib_:+,.0f}" for label, mib_ in run.rss_growth_by_program_mib.items() if abs(mib_) >= 1]
+            notes.append(f"- {run.tiles} tile(s): summed RSS from minute 1 to the last minute, by program (MiB): "
+                         + ", ".join(grew))
         if run.cores_recording_by_thread:
             top = [f"{label} {cores:.2f}" for label, cores in run.cores_recording_by_thread.items() if cores >= 0.02]
             notes.append(f"- {run.tiles} tile(s): cores while recording, by thread (≥ 0.02): {', '.join(top)}")
