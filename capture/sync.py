@@ -17,6 +17,7 @@ import csv
 import itertools
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ SPAN_JOIN_SECONDS = 1.0  # spans closer than this are one span
 LIVE_WINDOW_SAMPLES = 3
 COST_WINDOW_SECONDS = 5.0  # a tile's cost is judged over the last few seconds, and its peak over windows this long
 # A tile's browser costs "far more" when it uses this many times the other tiles' median and at least HEAVY_CORES:
-# then, while every core is busy, its CPU priority is lowered to LOWERED_NICENESS so the others keep their rate.
+# then, while every core is busy and another tile keeps dropping frames, its CPU priority is lowered to
+# LOWERED_NICENESS so the others keep their rate (SyncMonitor.costly_tile).
 HEAVY_FACTOR = 2.0
 HEAVY_CORES = 0.5
 LOWERED_NICENESS = 10
@@ -141,9 +143,7 @@ class SyncMonitor:
         if len(cores) < 2:
             return None
         heaviest = max(cores, key=cores.__getitem__)
-        others = sorted(value for tile, value in cores.items() if tile != heaviest)
-        middle = len(others) // 2
-        median = others[middle] if len(others) % 2 else (others[middle - 1] + others[middle]) / 2
+        median = statistics.median(value for tile, value in cores.items() if tile != heaviest)
         fair_share = self.cores / len(recent)
         if cores[heaviest] < max(HEAVY_CORES, fair_share) or cores[heaviest] < HEAVY_FACTOR * median:
             return None
