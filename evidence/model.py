@@ -58,9 +58,10 @@ PrintableLine = Annotated[str, AfterValidator(_printable_line)]
 
 
 class Frozen(BaseModel):
-    """Base for every model here: immutable, strict about unknown fields."""
+    """Base for every model here: immutable, strict about unknown fields, no infinite or NaN figures (canonical JSON
+    cannot hold them, so only a forged document could: a cost of "inf cores" would otherwise print as a figure)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class CaptureStatus(StrEnum):

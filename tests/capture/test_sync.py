@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from capture.sync import METHOD, SyncMonitor
 from cli.main import sync_lines
-from evidence import DegradedCause, Manifest, SyncQuality, SyncVerdict, TileStatus
+from evidence import DegradedCause, Manifest, SyncQuality, SyncVerdict, TileStatus, TileSync
 
 FPS = 15
 START = 1_800_000_000.0
@@ -210,6 +210,13 @@ def test_a_costly_tile_is_judged_on_its_last_seconds_not_its_whole_past() -> Non
         monitor.add_tile_cpu(2, START + second, 1.5 * min(second, 20) + 0.3 * max(0, second - 20))
     assert monitor.costly_tile({1, 2}) is None
     assert monitor.recent_cores()[2] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("figure", ["Infinity", "1e999", "-Infinity", "NaN"])
+def test_a_forged_cost_cannot_be_infinite(figure: str) -> None:
+    """Canonical JSON holds no infinite figure; a forged manifest that does is refused, not printed as one."""
+    with pytest.raises(ValidationError):
+        TileSync.model_validate_json(f'{{"tile": 1, "verdict": "in-sync", "cpu_cores_mean": {figure}}}')
 
 
 def test_old_manifests_without_a_verdict_still_load() -> None:
