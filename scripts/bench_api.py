@@ -3,9 +3,12 @@
 - appends: 4 writers appending to the ledger, each append committed before it returns; as 4 threads of one
   process sharing its ledger (the service's request threads) and as 4 processes (the service and workers).
 - proofs: inclusion and consistency proof latency on a ledger of --entries entries.
-- hash lookups: p50 / p99 of POST /api/v1/verify/hash from 50 concurrent clients on loopback (`wz serve`).
+- hash lookups: p50 / p99 of POST /api/v1/verify/hash from 50 concurrent clients on loopback (`wz serve`), first
+  each sending the next lookup as soon as the last is answered (the most the service can take), then each pausing
+  between lookups (2 s on average is the service's per-client limit), and the service's CPU per lookup.
 - downloads: a --size-mib artifact through GET /api/v1/captures/{id}/artifacts/... against a direct GET of the
-  same object version from the store, and the service's RSS before and after.
+  same object version from the store, the CPU seconds per GiB of the store, the service and curl on each path
+  (on a machine whose cores serve both, their sums bound the ratio), and the service's RSS before and after.
 
 Prints a Markdown table; targets from the issue are beside each figure. Needs PostgreSQL at --postgres (default:
 the machine's server, database `test`); makes and drops its own database there.
@@ -17,6 +20,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -36,6 +40,7 @@ from bench_fixtures import write_bench_manifest  # noqa: E402 - beside this scri
 
 POSTGRES = os.environ.get("WZ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSWORD = "bench password 1"  # noqa: S105 - the bench user's password
+PAUSES_MS = (2000, 500, 300, 200)  # mean pause between one client's lookups, after the unpaced run
 
 
 def fresh_database(server: str) -> tuple[str, Any]:
@@ -184,6 +189,13 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("WZ_BENCH_BODY")
+local pause = tonumber(os.getenv("WZ_BENCH_PAUSE_MS") or "0")
+-- Each client pauses a random time (mean `pause`): clients that all wait the same time would send in one burst.
+function setup(thread) thread:set("seed", math.random(1, 1000000)) end
+function init(args) math.randomseed(seed) end
+if pause > 0 then
+  function delay() return math.random(0, 2 * pause) end
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("WRK-JSON {\\"requests\\": %d, \\"errors\\": %d, \\"seconds\\": %f, "
@@ -194,17 +206,43 @@ end
 """
 
 
-def run_wrk(url: str, body: str, clients: int, seconds: int, work: Path) -> dict[str, Any]:
-    """Closed-loop load from wrk (a C program, so the load costs the 2 cores little): `clients` connections, each
-    sending its next lookup when the last is answered; any non-2xx answer counts as an error."""
+def run_wrk(url: str, body: str, clients: int, seconds: int, work: Path, *, pause_ms: int = 0,
+            pid: int | None = None) -> dict[str, Any]:
+    """Load from wrk (a C program, so the load costs the 2 cores little): `clients` connections, each sending its
+    next lookup a random pause (mean `pause_ms`) after the last is answered (0: at once, the most the service can
+    take); any non-2xx
+    answer counts as an error. With `pid`, also the CPU that process spent per lookup."""
     script = work / "lookup.lua"
     script.write_text(WRK_SCRIPT)
+    before = cpu_seconds(pid) if pid is not None else 0.0
     done = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script),
-                           url], env=os.environ | {"WZ_BENCH_BODY": body}, capture_output=True, text=True,
-                          check=True)
+                           url], env=os.environ | {"WZ_BENCH_BODY": body, "WZ_BENCH_PAUSE_MS": str(pause_ms)},
+                          capture_output=True, text=True, check=True)
     line = next(line for line in done.stdout.splitlines() if line.startswith("WRK-JSON "))
     figures: dict[str, Any] = json.loads(line.removeprefix("WRK-JSON "))
+    figures["pause_ms"] = pause_ms
+    figures["per_s"] = figures["requests"] / figures["seconds"]
+    if pid is not None:
+        figures["cpu_ms_per_lookup"] = (cpu_seconds(pid) - before) * 1000 / max(1, figures["requests"])
     return figures
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def store_pid(data: Path) -> int:
+    """The embedded SeaweedFS serving the bench's data directory."""
+    import psutil
+
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or ())
+        if "weed" in command and str(data) in command and " mini " in f" {command} ":
+            return int(process.info["pid"])
+    raise RuntimeError(f"no SeaweedFS process serves {data}")
 
 
 def count_lookups(url: str) -> int:
@@ -219,13 +257,17 @@ def count_lookups(url: str) -> int:
         engine.dispose()
 
 
-def curl_seconds(url: str, size: int, pid: int | None = None, authorization: str | None = None
-                 ) -> tuple[float, float]:
-    """Seconds to fetch `url` with curl (checking every byte arrived) and the peak RSS of `pid` meanwhile."""
+def curl_seconds(url: str, size: int, pid: int | None = None, authorization: str | None = None, *,
+                 spent: dict[str, float] | None = None, store: int | None = None) -> tuple[float, float]:
+    """Seconds to fetch `url` with curl (checking every byte arrived) and the peak RSS of `pid` meanwhile. With
+    `spent`, adds the CPU seconds of curl, the service (`pid`) and the store (`store`) to it."""
     command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}"]
     if authorization:
         command += ["-H", f"Authorization: {authorization}"]
     peak = 0.0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    service_cpu = cpu_seconds(pid) if pid is not None else 0.0
+    store_cpu = cpu_seconds(store) if store is not None else 0.0
     started = time.perf_counter()
     fetch = subprocess.Popen([*command, url], stdout=subprocess.PIPE, text=True)
     while fetch.poll() is None:
@@ -235,6 +277,14 @@ def curl_seconds(url: str, size: int, pid: int | None = None, authorization: str
     seconds = time.perf_counter() - started
     received = int(fetch.stdout.read() if fetch.stdout else 0)
     assert fetch.returncode == 0 and received == size, (fetch.returncode, received, size)
+    if spent is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent["curl"] = spent.get("curl", 0.0) + (after.ru_utime + after.ru_stime - children.ru_utime
+                                                  - children.ru_stime)
+        if pid is not None:
+            spent["service"] = spent.get("service", 0.0) + cpu_seconds(pid) - service_cpu
+        if store is not None:
+            spent["store"] = spent.get("store", 0.0) + cpu_seconds(store) - store_cpu
     return seconds, peak
 
 
@@ -305,7 +355,12 @@ def bench_service(url: str, work: Path, size_mib: int, clients: int, seconds: in
         answer = httpx.post(base + "/verify/hash", json={"sha256": digest}, timeout=60)
         assert answer.status_code == 200 and answer.json()["registered"], answer.text
         lookups_before = count_lookups(url)
-        wrk = run_wrk(base + "/verify/hash", json.dumps({"sha256": digest}), clients, seconds, work)
+        body = json.dumps({"sha256": digest})
+        wrk = run_wrk(base + "/verify/hash", body, clients, seconds, work, pid=server.pid)
+        # The same clients, each pausing a random time between lookups: how the answer time grows with the rate.
+        # A mean pause of 2 s is the service's own per-client limit (WZ_HASH_LOOKUPS_PER_MINUTE, 30 a minute).
+        paced = [run_wrk(base + "/verify/hash", body, clients, seconds, work, pause_ms=pause, pid=server.pid)
+                 for pause in PAUSES_MS]
         lookups_recorded = count_lookups(url) - lookups_before
 
         rss_before = rss_mib(server.pid)
@@ -314,11 +369,24 @@ def bench_service(url: str, work: Path, size_mib: int, clients: int, seconds: in
         direct_url = raw.presigned_get_object(store.bucket, composite.key, version_id=composite.version_id)
         # The same client (curl) for both, as a browser or a court's tool fetches it; the service's RSS is
         # sampled while it streams. Each side is fetched 3 times and the best kept.
+        # The CPU each side costs (the store, the service, curl) is summed over the 3 fetches: on a machine whose
+        # cores all serve one download, the sums bound what the service's path can reach.
+        serving = store_pid(data)
+        api_cpu: dict[str, float] = {}
+        direct_cpu: dict[str, float] = {}
         api_seconds, peak = min(curl_seconds(base + f"/captures/{capture_id}/artifacts/composite.mp4",
-                                             composite.size, server.pid, headers["Authorization"])
+                                             composite.size, server.pid, headers["Authorization"],
+                                             spent=api_cpu, store=serving)
                                 for _ in range(3))
-        direct_seconds, _ = min(curl_seconds(direct_url, composite.size) for _ in range(3))
-        return {"lookups": wrk["requests"], "lookup_errors": wrk["errors"], "lookups_recorded": lookups_recorded,
+        direct_seconds, _ = min(curl_seconds(direct_url, composite.size, spent=direct_cpu, store=serving)
+                                for _ in range(3))
+        per_gib = 3 * size_mib / 1024
+        return {"lookups": wrk["requests"] + sum(run["requests"] for run in paced),
+                "lookup_errors": wrk["errors"] + sum(run["errors"] for run in paced),
+                "lookups_recorded": lookups_recorded, "paced": paced,
+                "lookup_cpu_ms": wrk["cpu_ms_per_lookup"],
+                "download_cpu_s_per_gib": {k: v / per_gib for k, v in api_cpu.items()},
+                "direct_cpu_s_per_gib": {k: v / per_gib for k, v in direct_cpu.items()},
                 "clients": clients, "lookup_p50_ms": wrk["p50_us"] / 1000, "lookup_p99_ms": wrk["p99_us"] / 1000,
                 "lookup_max_ms": wrk["max_us"] / 1000, "lookups_per_s": wrk["requests"] / wrk["seconds"],
                 "download_mib_s": size_mib / api_seconds, "direct_mib_s": size_mib / direct_seconds,
@@ -379,11 +447,19 @@ def main() -> int:
         s = figures["service"]
         print(f"| hash lookup p50 / p99, {s['clients']} clients (wrk; ms) | {s['lookup_p50_ms']:.1f} / "
               f"{s['lookup_p99_ms']:.1f} | p99 < 50 |")
-        print(f"| hash lookups answered / recorded in custody / errors | {s['lookups']:,} "
-              f"({s['lookups_per_s']:,.0f}/s) / {s['lookups_recorded']:,} / {s['lookup_errors']} | every lookup "
-              "recorded |")
+        print(f"| service CPU per lookup (ms), unpaced | {s['lookup_cpu_ms']:.2f} | |")
+        for run in s["paced"]:
+            print(f"| hash lookup p50 / p99, {s['clients']} clients each pausing {run['pause_ms']} ms on average "
+                  f"({run['per_s']:,.0f} lookups/s; ms) | {run['p50_us'] / 1000:.1f} / {run['p99_us'] / 1000:.1f} | "
+                  "p99 < 50 |")
+        print(f"| hash lookups answered (all runs) / recorded in custody / errors | {s['lookups']:,} "
+              f"/ {s['lookups_recorded']:,} / {s['lookup_errors']} | every lookup recorded |")
         print(f"| artifact download vs direct GET ({args.size_mib} MiB) | {s['download_mib_s']:.0f} vs "
               f"{s['direct_mib_s']:.0f} MiB/s = {s['download_ratio']:.2f}x | >= 0.8x |")
+        cpu, direct = s["download_cpu_s_per_gib"], s["direct_cpu_s_per_gib"]
+        print(f"| CPU seconds per GiB through the service: store / service / curl | {cpu['store']:.2f} / "
+              f"{cpu['service']:.2f} / {cpu['curl']:.2f} | |")
+        print(f"| CPU seconds per GiB direct: store / curl | {direct['store']:.2f} / {direct['curl']:.2f} | |")
         print(f"| service RSS before / peak during the download (MiB) | {s['rss_before_mib']:.0f} / "
               f"{s['rss_peak_mib']:.0f} | flat |")
     if args.json:
