@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from capture.finalize import SegmentSet, cut_tiles, mux_composite, segment_set, write_frame_times
+from capture.finalize import (
+    ProbeCache,
+    SegmentSet,
+    cut_tiles,
+    join_tiles,
+    mux_composite,
+    segment_set,
+    write_frame_times,
+)
+from capture.prefinish import Prefinisher
 from evidence import (
     Artifact,
     ArtifactRole,
@@ -129,14 +138,18 @@ def assemble_videos(
     usable_tiles: list[int],
     ffmpeg_path: str,
     ffprobe: str,
+    prefinished: Prefinisher | None = None,
 ) -> Assembly:
-    """Composite, tile videos and frame times from the closed segments."""
+    """Composite, tile videos and frame times from the closed segments; with `prefinished`, from what it did
+    while the capture recorded where that still holds."""
     log = capture_dir / "logs" / "finalize.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     remarks: list[str] = []
-    video = segment_set(capture_dir, "video", ffprobe)
-    audio: dict[int, SegmentSet] = {t.tile: segment_set(capture_dir, f"audio{t.tile}", ffprobe) for t in layout.tiles}
+    probes = prefinished.probes if prefinished is not None else ProbeCache()
+    video = segment_set(capture_dir, "video", ffprobe, probes)
+    audio: dict[int, SegmentSet] = {t.tile: segment_set(capture_dir, f"audio{t.tile}", ffprobe, probes)
+                                    for t in layout.tiles}
     for segments in [video, *audio.values()]:
         if segments.damaged:
             problems.append(f"{segments.name}: undecodable segments left out: {', '.join(segments.damaged)}")
@@ -162,9 +175,16 @@ def assemble_videos(
                         remarks=tuple(remarks))
     _frames_path, frames, covered = write_frame_times(capture_dir, video, t0=t0, origin=origin)
     try:
-        cut_tiles(capture_dir, layout, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path, log=log)
-    except EvidenceError as exc:
-        problems.append(str(exc))
+        join_tiles(capture_dir, layout, video, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path, log=log,
+                   cut_before=prefinished.cut_segments if prefinished is not None else None)
+    except EvidenceError as joining:
+        # The tiles' segments could not be cut or joined: cut each tile from the composite in one go instead.
+        try:
+            cut_tiles(capture_dir, layout, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path, log=log)
+            remarks.append(f"tile videos cut from the composite after cutting them segment by segment failed "
+                           f"({joining})")
+        except EvidenceError as exc:
+            problems.append(str(exc))
     recorded = covered + 1.0 / layout.fps if frames else 0.0
     return Assembly(recorded_seconds=recorded, frames=frames, problems=tuple(problems), composite=True,
                     remarks=tuple(remarks))

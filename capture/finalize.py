@@ -9,11 +9,14 @@ never a shift.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
+import shutil
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +33,7 @@ _SEGMENT = re.compile(r"^(video|audio\d)_(\d{5})\.ts$")
 # for MPEG-PS with MP2 audio): a segment is used only when ffmpeg's own probe, the one the concat demuxer
 # runs, reads it as MPEG-TS.
 MIN_PROBE_BYTES = 10 * 188
+TILE_SEGMENTS = "work/tiles"  # each tile's video, cut one closed segment at a time: work/tiles/<tile>/<segment>
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,42 @@ def _probe_packets(ffprobe: str, path: Path, stream: str) -> _Probe:
     return _Probe(format_name=str(info.get("format", {}).get("format_name", "")), times=times)
 
 
+class ProbeCache:
+    """ffprobe's reading of each closed segment, kept in memory by the process that recorded them: a segment read
+    while the capture was still recording is not read again at its end (one ffprobe per segment took a tenth of
+    the recorded time). The readings place every frame on the capture's clock, so they are never kept in a file
+    someone could edit before finalize; a recovery in another process reads every segment again.
+
+    A reading counts only for the file as it was read (its size and modification time). Safe from two threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, str], tuple[int, int, _Probe]] = {}
+
+    def probe(self, ffprobe: str, path: Path, stream: str) -> _Probe:
+        stat = path.stat()
+        key = (str(path), stream)
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        probe = _probe_packets(ffprobe, path, stream)
+        with self._lock:
+            self._known[key] = (stat.st_size, stat.st_mtime_ns, probe)
+        return probe
+
+    def has(self, path: Path, stream: str) -> bool:
+        stat = path.stat()
+        with self._lock:
+            known = self._known.get((str(path), stream))
+        return known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns)
+
+
+def stream_of(name: str) -> str:
+    """The stream ffprobe reads in a segment of recorder `name`."""
+    return "v:0" if name.startswith("video") else "a:0"
+
+
 def closed_segment_names(capture_dir: Path) -> list[str]:
     """Segments the recorders closed, from their segment lists (the one open at a crash is never listed)."""
     names: list[str] = []
@@ -82,15 +122,16 @@ def closed_segment_names(capture_dir: Path) -> list[str]:
     return names
 
 
-def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
+def segment_set(capture_dir: Path, name: str, ffprobe: str, probes: ProbeCache | None = None) -> SegmentSet:
     """Playable segments of recorder `name` (`video`, `audio1`, ...); empty or undecodable ones are set aside."""
+    probes = probes or ProbeCache()
     directory = capture_dir / SEGMENT_DIR
     found = sorted(p for p in directory.glob(f"{name}_*.ts") if _SEGMENT.match(p.name))
     good: list[Path] = []
     damaged: list[str] = []
     too_short: list[str] = []
     times: list[tuple[float, ...]] = []
-    stream = "v:0" if name == "video" else "a:0"
+    stream = stream_of(name)
     closed = set(closed_segment_names(capture_dir))
     for path in found:
         size = path.stat().st_size
@@ -99,7 +140,7 @@ def segment_set(capture_dir: Path, name: str, ffprobe: str) -> SegmentSet:
             path.unlink()
             continue
         # Empty or undecodable segments stay on disk (they may be in the hash chain) but out of the videos.
-        probe = _probe_packets(ffprobe, path, stream) if size else None
+        probe = probes.probe(ffprobe, path, stream) if size else None
         if probe is None or not probe.times:
             damaged.append(path.name)
             continue
@@ -127,16 +168,21 @@ def write_concat_list(segments: SegmentSet, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _run(argv: list[str], log: Path, what: str) -> None:
+def _run(argv: list[str], log: Path, what: str, started: Callable[[subprocess.Popen[bytes]], None] | None = None
+         ) -> None:
+    """Run ffmpeg with its output in `log`; `started` is handed the process (so another thread can stop it)."""
     with log.open("ab") as sink:
         sink.write(("$ " + " ".join(argv) + "\n").encode())
         sink.flush()  # before ffmpeg writes to the same file
-        started = sink.tell()
-        code = subprocess.run(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, check=False).returncode
+        begun = sink.tell()
+        with subprocess.Popen(argv, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL) as process:
+            if started is not None:
+                started(process)
+            code = process.wait()
     if code != 0:
         # ffmpeg's last words name the cause; the full output stays in the log.
         with log.open("rb") as source:
-            source.seek(started)
+            source.seek(begun)
             said = [line.strip() for line in source.read().decode("utf-8", "replace").splitlines() if line.strip()]
         reason = f": {' | '.join(said[-4:])}" if said else ""
         raise RecorderFailed(f"ffmpeg could not {what} (exit {code}){reason}; see {log}")
@@ -220,6 +266,11 @@ def video_duration(video: SegmentSet) -> float:
     return max(0.0, video.times[-1][-1] - (video.first_pts or 0.0)) if video.times else 0.0
 
 
+# How a tile's own video is encoded: the same for a tile cut from the composite and one cut segment by segment.
+TILE_ENCODING: dict[str, str | int] = {"vcodec": "libx264", "preset": "veryfast", "crf": 20, "pix_fmt": "yuv420p",
+                                       "fps_mode": "passthrough", "enc_time_base": "1:90000"}
+
+
 def cut_tiles(
     capture_dir: Path, layout: Layout, composite: Path, *, tiles: Sequence[int], ffmpeg_path: str, log: Path
 ) -> dict[int, Path]:
@@ -243,19 +294,101 @@ def cut_tiles(
                 cropped,
                 source[f"a:{audio_index}"],
                 str(path),
-                vcodec="libx264",
-                preset="veryfast",
-                crf=20,
-                pix_fmt="yuv420p",
                 acodec="copy",
                 movflags="+faststart",
-                fps_mode="passthrough",
-                enc_time_base="1:90000",
+                **TILE_ENCODING,
                 **{"metadata:s:a:0": f"handler_name=Tile {number}: {tile.url}"},
             )
         )
     argv = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_path)
     _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log, "cut the tile videos")
+    return paths
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def tile_segment(capture_dir: Path, tile: int, segment: Path) -> Path:
+    """Where tile `tile`'s picture in screen segment `segment` is kept until the tile's video is joined."""
+    return capture_dir / TILE_SEGMENTS / str(tile) / segment.name
+
+
+def cut_segment(
+    capture_dir: Path, layout: Layout, segment: Path, *, tiles: Sequence[int], ffmpeg_path: str, log: Path,
+    threads: int | None = None, started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> None:
+    """Each tile's picture in one closed screen segment, cropped and encoded as that tile's own segment with the
+    same timestamps. Each is written under a temporary name and renamed when whole: one that exists is complete.
+    `threads` bounds the encoders' threads (work done beside a recording)."""
+    source = ffmpeg.input(str(segment))
+    split = source["v"].filter_multi_output("split", len(tiles))
+    outputs = []
+    writing: list[tuple[Path, Path]] = []
+    for index, number in enumerate(tiles):
+        rect = layout.tile(number).rect
+        final = tile_segment(capture_dir, number, segment)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(final.name + ".part")
+        writing.append((partial, final))
+        options: dict[str, str | int] = {**TILE_ENCODING, "f": "mpegts", "muxdelay": 0, "muxpreload": 0}
+        if threads is not None:
+            options["threads"] = threads
+        outputs.append(ffmpeg.output(split[index].crop(rect.x, rect.y, rect.width, rect.height), str(partial),
+                                     **options))
+    # -copyts: every frame keeps the time it has in the screen segment, so the tile's segments join on the
+    # composite's clock exactly as the screen's did.
+    argv = ffmpeg.merge_outputs(*outputs).global_args("-copyts").compile(cmd=ffmpeg_path)
+    try:
+        _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log,
+             f"cut the tiles of {segment.name}", started)
+    except RecorderFailed:
+        for partial, _final in writing:
+            partial.unlink(missing_ok=True)
+        raise
+    for partial, final in writing:
+        partial.replace(final)
+
+
+def join_tiles(
+    capture_dir: Path, layout: Layout, video: SegmentSet, composite: Path, *, tiles: Sequence[int],
+    ffmpeg_path: str, log: Path, cut_before: Mapping[Path, str] | None = None,
+) -> dict[int, Path]:
+    """Each tile's own video from its segments, on the composite's clock, with the tile's audio track copied from
+    the composite. The segments are removed after.
+
+    `cut_before` holds the SHA-256 of each tile segment this process cut while recording: one is used only if
+    its bytes are still those, and every other is cut now, so a file put in the work folder meanwhile (or left by
+    an earlier process) never becomes a tile's video."""
+    if not tiles:
+        return {}
+    trusted = cut_before or {}
+    for segment in video.segments:
+        wanted = [tile_segment(capture_dir, number, segment) for number in tiles]
+        if not all(path in trusted and path.exists() and sha256_of(path) == trusted[path]
+                   for path in wanted):
+            cut_segment(capture_dir, layout, segment, tiles=tiles, ffmpeg_path=ffmpeg_path, log=log)
+    work = capture_dir / "work"
+    paths: dict[int, Path] = {}
+    for number in tiles:
+        tile = layout.tile(number)
+        listing = work / f"tile{number}.ffconcat"
+        # The same list as the composite's screen video, file for file: the same durations, the same clock.
+        write_concat_list(replace(video, segments=tuple(tile_segment(capture_dir, number, s) for s in video.segments)),
+                          listing)
+        path = capture_dir / "tiles" / str(number) / "video.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        audio_index = [t.tile for t in layout.tiles].index(number)
+        out = ffmpeg.output(ffmpeg.input(str(listing), f="concat", safe=0)["v"],
+                            ffmpeg.input(str(composite))[f"a:{audio_index}"], str(path), vcodec="copy",
+                            acodec="copy", movflags="+faststart",
+                            **{"metadata:s:a:0": f"handler_name=Tile {number}: {tile.url}"})
+        argv = out.compile(cmd=ffmpeg_path)
+        _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log,
+             f"join the video of tile {number}")
+        paths[number] = path
+    shutil.rmtree(capture_dir / TILE_SEGMENTS, ignore_errors=True)
     return paths
 
 

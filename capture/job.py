@@ -35,6 +35,7 @@ from capture.egress import EgressProxy
 from capture.environment import check_components, collect_provenance, resolve_chromium
 from capture.journal import Journal
 from capture.layout import build_layout
+from capture.prefinish import Prefinisher
 from capture.processes import TreeCpu, lower_priority, process_trees
 from capture.recorders import AudioRecorder, Recorder, ScreenRecorder, StreamCopier
 from capture.sync import LOWERED_NICENESS, SyncMonitor, read_frame_times
@@ -133,6 +134,7 @@ class CaptureJob:
         self._launch_monotonic = time.monotonic()
         self.chain = SegmentChain(self.capture_dir, stamp=stamp, stamp_seconds=settings.segment_stamp_seconds)
         self.sync = SyncMonitor(fps=self.layout.fps)
+        self.prefinisher: Prefinisher | None = None  # finishing work done while recording
 
     # -- events and steps ------------------------------------------------------------------------
 
@@ -296,6 +298,9 @@ class CaptureJob:
                 tiles_task = asyncio.create_task(self._run_tiles(playwright, chromium, display, audio))
                 chain_task = asyncio.create_task(self._chain_loop())
                 sync_task = asyncio.create_task(self._sync_loop())
+                self.prefinisher = Prefinisher(self.capture_dir, self.layout, ffmpeg_path=settings.ffmpeg,
+                                               ffprobe=settings.ffprobe)
+                self.prefinisher.start()
                 with self.step(StepName.RECORD) as notes:
                     try:
                         await self._record_loop(screen, audio_recorder)
@@ -321,6 +326,7 @@ class CaptureJob:
         finally:
             self.phase = "finalizing"
             self.display_name = None
+            await self._stop_prefinishing()
             if self.recording_started is not None and self.recording_ended is None:
                 self.recording_ended = time.monotonic()
             await self._teardown(display, audio)
@@ -338,8 +344,13 @@ class CaptureJob:
                 # worker's heartbeat, other captures in the same process) is not held up.
                 assembly = await asyncio.to_thread(
                     assemble_videos, self.capture_dir, self.layout, t0=t0, usable_tiles=usable,
-                    ffmpeg_path=settings.ffmpeg, ffprobe=settings.ffprobe)
+                    ffmpeg_path=settings.ffmpeg, ffprobe=settings.ffprobe, prefinished=self.prefinisher)
             notes.append(f"{assembly.frames} frames over {assembly.recorded_seconds:.2f} s")
+            if self.prefinisher is not None:
+                done = self.prefinisher
+                notes.append(f"done while recording: {done.probed} segment(s) probed, {done.cut} screen segment(s) "
+                             "cut into the tiles' videos")
+                notes.extend(f"finishing while recording stopped early: {problem}" for problem in done.problems)
             notes.extend("!" + p for p in assembly.problems)
             notes.extend(assembly.remarks)
         status = overall_status(tile_results, composite=assembly.composite, interrupted=self.interrupted)
@@ -531,8 +542,13 @@ class CaptureJob:
                 browser.fail("page did not finish loading before the capture ended")
                 self._tile_event(browser)
         await asyncio.gather(*(asyncio.to_thread(r.stop) for r in recorders))
+        await self._stop_prefinishing()
         # The last segments closed when the recorders stopped: chain them and stamp the head.
         await asyncio.to_thread(self.chain.poll, final=True)
+
+    async def _stop_prefinishing(self) -> None:
+        if self.prefinisher is not None:
+            await asyncio.to_thread(self.prefinisher.stop)
 
     async def _chain_loop(self) -> None:
         """Hash each segment as it closes; stamping may wait on a TSA, so it never blocks the recording loop."""
