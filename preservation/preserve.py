@@ -234,17 +234,19 @@ class Preserver:
         if own is not None:
             holder[own[1].capture_id] = own[1]
 
-        def stored(capture_id: str, item: SpoolItem, obj: StoredObject) -> None:
+        def stored(capture_id: str, verified: list[tuple[SpoolItem, StoredObject]]) -> None:
             if capture_id == CUSTODY_LOG_BATCH:
                 return  # a checkpoint document: the checkpoint is the record of itself
             directory = own[0] if own is not None and own[1].capture_id == capture_id else \
                 self.services.capture_dir(capture_id)
             current = holder.get(capture_id) or load_preservation(directory)
-            current = self._custody(current.with_stored(obj), CustodyAction.STORED, {
-                "key": obj.key, "version_id": obj.version_id, "bucket": obj.bucket, "size": obj.size,
-                "sha256": obj.digests.sha256, "sm3": obj.digests.sm3, "retention": obj.retention_mode,
-                "retain_until": obj.retain_until.isoformat(), "verified_at": _iso(obj.verified_at),
-            })
+            for _item, obj in verified:
+                current = self._custody(current.with_stored(obj), CustodyAction.STORED, {
+                    "key": obj.key, "version_id": obj.version_id, "bucket": obj.bucket, "size": obj.size,
+                    "sha256": obj.digests.sha256, "sm3": obj.digests.sm3, "retention": obj.retention_mode,
+                    "retain_until": obj.retain_until.isoformat(), "verified_at": _iso(obj.verified_at),
+                })
+            # Once for the versions told together: the spool forgets them only after this returns.
             holder[capture_id] = self._save(directory, current)
 
         def note(message: str, capture_id: str | None = None) -> None:

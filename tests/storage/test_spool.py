@@ -37,8 +37,8 @@ class Recorder:
         self.calls: list[tuple[str, SpoolItem, StoredObject]] = []
         self.fail = fail
 
-    def __call__(self, capture_id: str, item: SpoolItem, stored: StoredObject) -> None:
-        self.calls.append((capture_id, item, stored))
+    def __call__(self, capture_id: str, verified: list[tuple[SpoolItem, StoredObject]]) -> None:
+        self.calls.extend((capture_id, item, stored) for item, stored in verified)
         if self.fail:
             self.fail -= 1
             raise RuntimeError("custody database is down")
@@ -166,7 +166,8 @@ def test_on_stored_failure_keeps_the_batch_and_is_called_again(
     spool.enqueue("cap-1", capture_dir, items)
     custody = Recorder(fail=1)
     first = spool.sync(store, custody)
-    assert [(p.key, p.kind) for p in first.problems] == [(items[0].key, ProblemKind.CALLBACK)]
+    # Told together, refused together: every version of the call waits for the next sync.
+    assert [(p.key, p.kind) for p in first.problems] == [(item.key, ProblemKind.CALLBACK) for item in items]
     assert first.remaining == ("cap-1",)
     second = spool.sync(store, custody)
     assert second.ok and second.completed == ("cap-1",)
@@ -194,7 +195,8 @@ def test_a_stored_copy_that_does_not_read_back_is_uploaded_again(
 
     first = spool.sync(MismatchOnce(store))
     assert [p.kind for p in first.problems] == [ProblemKind.STORED_MISMATCH]
-    rejected = json.loads((tmp_path / "spool" / "cap-1.json").read_text())["entries"][0]["rejected"]
+    rejected = [json.loads(line)["rejected"] for line in
+                (tmp_path / "spool" / "cap-1.g1.log").read_text().splitlines()][-1]
     assert len(rejected) == 1
     second = spool.sync(store)
     assert second.ok
@@ -268,3 +270,136 @@ def test_a_sync_that_waits_uploads_what_the_running_sync_left(store: S3ObjectSto
     assert time.monotonic() - started >= 0.9  # it waited for the other sync instead of giving up
     assert report.ok and not report.busy and report.completed == ("cap-1",)
     assert spool.pending() == []
+
+
+# -- the change log: one line per step, never the whole batch rewritten --
+
+def _mark(stored: bool) -> Any:
+    def change(entry: Any) -> None:
+        entry.last_error = "marked" if stored else None
+    return change
+
+
+def many_items(tmp_path: Path, count: int) -> tuple[Path, list[SpoolItem]]:
+    capture_dir = tmp_path / "many"
+    items = []
+    for number in range(count):
+        _, digests = write_file(capture_dir / f"f{number}", b"x")
+        items.append(SpoolItem(f"captures/many/f{number}", f"f{number}", "application/octet-stream", digests))
+    return capture_dir, items
+
+
+def test_a_step_appends_one_line_and_leaves_the_batch_file_alone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = many_items(tmp_path, 300)
+    spool.enqueue("cap-1", capture_dir, items)
+    batch_file = tmp_path / "spool" / "cap-1.json"
+    before = batch_file.stat()
+    for item in items:
+        spool._update("cap-1", item.key, _mark(True))
+    after = batch_file.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    log_lines = (tmp_path / "spool" / "cap-1.g1.log").read_text().splitlines()
+    assert len(log_lines) == 300
+    fresh = Spool(tmp_path / "spool")  # another process reads the same state from the files
+    assert all(fresh._load(batch_file).entry(item.key).last_error == "marked" for item in items)
+
+
+def test_another_process_sees_each_step(tmp_path: Path) -> None:
+    mine, theirs = Spool(tmp_path / "spool"), Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    mine.enqueue("cap-1", capture_dir, items)
+    path = tmp_path / "spool" / "cap-1.json"
+    assert theirs._load(path).entry(items[0].key).last_error is None  # now cached there
+    mine._update("cap-1", items[0].key, _mark(True))
+    assert theirs._load(path).entry(items[0].key).last_error == "marked"
+    theirs._update("cap-1", items[1].key, _mark(True))
+    mine.enqueue("cap-1", capture_dir, items)  # a new generation written by the one, read by the other
+    assert theirs._load(path).entry(items[1].key).last_error == "marked"
+    assert mine._load(path).entry(items[0].key).last_error == "marked"
+
+
+def test_a_line_cut_off_by_a_crash_never_happened_and_the_log_goes_on(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    spool._update("cap-1", items[0].key, _mark(True))
+    log = tmp_path / "spool" / "cap-1.g1.log"
+    whole = log.read_bytes()
+    with log.open("ab") as handle:  # the crash: half of the next line reached the disk
+        handle.write(whole[: len(whole) // 2].replace(b'"marked"', b'"torn"'))
+    after_crash = Spool(tmp_path / "spool")
+    assert after_crash._load(tmp_path / "spool" / "cap-1.json").entry(items[0].key).last_error == "marked"
+    after_crash._update("cap-1", items[1].key, _mark(True))  # written after the cut, not onto the torn piece
+    again = Spool(tmp_path / "spool")._load(tmp_path / "spool" / "cap-1.json")
+    assert [again.entry(item.key).last_error for item in items] == ["marked", "marked"]
+
+
+def test_a_damaged_whole_line_is_an_error_not_a_silent_skip(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    spool._update("cap-1", items[0].key, _mark(True))
+    log = tmp_path / "spool" / "cap-1.g1.log"
+    log.write_bytes(b'{"key": "captures/cap-1/elsewhere"}\n' + log.read_bytes())
+    with pytest.raises(StorageError, match="unreadable"):
+        Spool(tmp_path / "spool").pending()
+
+
+def test_a_long_log_is_folded_into_a_new_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("storage.spool.COMPACT_LOG_BYTES", 2_000)
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = many_items(tmp_path, 20)
+    spool.enqueue("cap-1", capture_dir, items)
+    for item in items:
+        spool._update("cap-1", item.key, _mark(True))
+    names = sorted(p.name for p in (tmp_path / "spool").iterdir() if not p.name.startswith("."))
+    generation = json.loads((tmp_path / "spool" / "cap-1.json").read_text())["generation"]
+    assert generation > 1
+    assert [n for n in names if n.endswith(".log")] in ([], [f"cap-1.g{generation}.log"])  # older logs removed
+    (tmp_path / "spool" / "cap-1.g1.log").write_text("left by a crash before it was removed\n")
+    again = Spool(tmp_path / "spool")._load(tmp_path / "spool" / "cap-1.json")
+    assert all(again.entry(item.key).last_error == "marked" for item in items)
+
+
+def test_a_failed_enqueue_changes_nothing_even_in_memory(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = many_items(tmp_path, 3)
+    spool.enqueue("cap-1", capture_dir, items[:1])
+    clash = SpoolItem(items[0].key, items[0].relative_path, "text/html", items[0].digests)
+    with pytest.raises(StorageError, match="never replaced"):
+        spool.enqueue("cap-1", capture_dir, [items[1], clash])
+    assert [len(b.items) for b in spool.pending()] == [1]
+
+
+@pytest.mark.integration
+def test_verified_versions_are_told_in_groups_and_those_before_an_outage_are_kept(
+    store: S3ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("storage.spool.NOTIFY_EVERY", 4)
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = many_items(tmp_path, 11)
+    spool.enqueue("cap-1", capture_dir, items)
+    told: list[list[str]] = []
+
+    def custody(capture_id: str, verified: list[tuple[SpoolItem, StoredObject]]) -> None:
+        told.append([item.key for item, _stored in verified])
+
+    class GoneAtTheSeventh(VerifyFailsOnce):
+        def put_file(self, key: str, path: Path, **kwargs: Any) -> StoredObject:
+            if key == items[6].key and not self.failed:
+                self.failed = True
+                raise StoreUnavailable("the store went away")
+            return self.store.put_file(key, path, **kwargs)
+
+        def verify(self, stored: StoredObject) -> StoredObject:
+            return self.store.verify(stored)
+
+    first = spool.sync(GoneAtTheSeventh(store), custody)
+    assert [p.kind for p in first.problems] == [ProblemKind.UNAVAILABLE]
+    # Four told as a group, then the two verified before the outage: kept, not uploaded or told again.
+    assert told == [[i.key for i in items[:4]], [i.key for i in items[4:6]]]
+    assert len(first.stored) == 6
+    second = spool.sync(store, custody)
+    assert second.ok and second.completed == ("cap-1",)
+    assert told[2:] == [[i.key for i in items[6:10]], [items[10].key]]
