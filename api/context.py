@@ -9,43 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Connection, Engine, create_engine
 
 from evidence import CustodyAction, CustodyEntry, Settings
 from preservation.services import Services
 
 REQUEST_THREADS = 40  # threads running sync endpoints (anyio's default; set by the app at start)
 
-IDLE_PING_SECONDS = 10.0
-
 T = TypeVar("T")
-
-
-def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
-    """Check a pooled connection before use only when it has lain idle `idle_seconds` or more.
-
-    SQLAlchemy's pre-ping checks every checkout: a round trip and two autocommit switches per request, about a
-    tenth of the service's CPU under load. A connection handed back milliseconds ago is alive; one that waited
-    through a quiet spell may have been closed by a database restart, so that one is checked, and a dead one
-    replaced before the request sees it (the pool retries on DisconnectionError)."""
-
-    @event.listens_for(engine, "checkin")
-    def _returned(_dbapi: Any, record: Any) -> None:
-        record.info["returned_at"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _taken(dbapi: Any, record: Any, _proxy: Any) -> None:
-        returned = record.info.get("returned_at")
-        if returned is None or time.monotonic() - returned < idle_seconds:
-            return
-        try:
-            with dbapi.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            dbapi.rollback()
-        except Exception as exc:  # any failure of the ping: the connection is not to be used
-            raise sa_exc.DisconnectionError(f"a pooled connection idle for {idle_seconds:.0f} s or more is dead: "
-                                            f"{exc}") from exc
 
 
 class RateLimiter:
@@ -89,8 +60,8 @@ class Context:
         services.background_checkpoints = True  # a request never waits for a checkpoint's signature and upload
         # One kept connection per request thread (anyio's pool has 40): a pool smaller than that closes and opens
         # PostgreSQL connections (a process each) under load, which cost more than the requests themselves.
-        engine = create_engine(services.database_url, pool_size=REQUEST_THREADS, max_overflow=10)
-        ping_when_idle(engine, IDLE_PING_SECONDS)
+        engine = create_engine(services.database_url, pool_pre_ping=True, pool_size=REQUEST_THREADS,
+                               max_overflow=10)
         return cls(settings=settings, services=services, engine=engine, secret=secret,
                    hash_lookups=RateLimiter(settings.hash_lookups_per_minute),
                    logins=RateLimiter(20))
