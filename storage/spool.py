@@ -244,13 +244,21 @@ class Spool:
             self._cache.pop(path, None)
             raise
         old_log.unlink(missing_ok=True)
+        self._remove_logs(path, keep=batch.generation)  # any left by a crash between a rename and an unlink
         self._cache[path] = (self._signature(path, self._log_path(path, batch.generation)), batch)
+
+    def _remove_logs(self, path: Path, keep: int | None = None) -> None:
+        """The change logs of the batch at `path` other than generation `keep`."""
+        own = re.compile(re.escape(path.name.removesuffix(".json")) + r"\.g(\d+)\.log")
+        for candidate in path.parent.iterdir():
+            found = own.fullmatch(candidate.name)
+            if found and int(found.group(1)) != keep:
+                candidate.unlink(missing_ok=True)
 
     def _remove(self, capture_id: str) -> None:
         path = self._path(capture_id)
-        batch = self._load(path)
         path.unlink()
-        self._log_path(path, batch.generation).unlink(missing_ok=True)
+        self._remove_logs(path)
         self._cache.pop(path, None)
         fsync_directory(self.spool_dir)
 

@@ -358,8 +358,13 @@ def test_a_long_log_is_folded_into_a_new_generation(tmp_path: Path, monkeypatch:
     assert generation > 1
     assert [n for n in names if n.endswith(".log")] in ([], [f"cap-1.g{generation}.log"])  # older logs removed
     (tmp_path / "spool" / "cap-1.g1.log").write_text("left by a crash before it was removed\n")
-    again = Spool(tmp_path / "spool")._load(tmp_path / "spool" / "cap-1.json")
-    assert all(again.entry(item.key).last_error == "marked" for item in items)
+    (tmp_path / "spool" / "cap-1.g1.log.g2.log").write_text("not a log of this batch\n")
+    again = Spool(tmp_path / "spool")
+    assert all(again._load(tmp_path / "spool" / "cap-1.json").entry(item.key).last_error == "marked"
+               for item in items)
+    again.enqueue("cap-1", capture_dir, items)  # a new generation: the stale log goes, the stranger stays
+    assert not (tmp_path / "spool" / "cap-1.g1.log").exists()
+    assert (tmp_path / "spool" / "cap-1.g1.log.g2.log").exists()
 
 
 def test_a_failed_enqueue_changes_nothing_even_in_memory(tmp_path: Path) -> None:
