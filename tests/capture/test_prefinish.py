@@ -3,6 +3,8 @@ only while they still hold; the tile videos keep the composite's clock, gaps inc
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import subprocess
 import threading
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import capture.finalize as finalize
+from capture import finalize
 from capture.assemble import assemble_videos
 from capture.finalize import TILE_SEGMENTS, tile_segment
 from capture.layout import build_layout
@@ -81,7 +83,7 @@ def test_a_lost_segment_leaves_the_same_gap_in_every_tile_video(tmp_path: Path) 
 
     assert assembly.composite
     composite = packet_times(tmp_path / "composite.mp4")
-    gaps = [later - earlier for earlier, later in zip(composite, composite[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(composite)]
     assert max(gaps) > 4.9  # the composite keeps the gap where the segment was lost ...
     for tile in (1, 2):
         assert packet_times(tmp_path / "tiles" / str(tile) / "video.mp4") == composite  # ... and so does each tile
@@ -133,10 +135,8 @@ def test_its_programs_run_only_on_idle_time_and_stop_at_once(tmp_path: Path) -> 
     real = early._started
 
     def watched(process: subprocess.Popen[bytes]) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already finished
             seen.append((os.sched_getscheduler(process.pid), os.getpriority(os.PRIO_PROCESS, process.pid)))
-        except OSError:  # already finished
-            pass
         real(process)
         started.set()
 
