@@ -17,6 +17,7 @@ from capture.finalize import (
     cut_tiles,
     join_tiles,
     mux_composite,
+    probe_segments,
     segment_set,
     write_frame_times,
 )
@@ -147,6 +148,7 @@ def assemble_videos(
     problems: list[str] = []
     remarks: list[str] = []
     probes = prefinished.probes if prefinished is not None else ProbeCache()
+    probe_segments(capture_dir, ffprobe, probes)  # what was not read while recording, several at a time
     video = segment_set(capture_dir, "video", ffprobe, probes)
     audio: dict[int, SegmentSet] = {t.tile: segment_set(capture_dir, f"audio{t.tile}", ffprobe, probes)
                                     for t in layout.tiles}

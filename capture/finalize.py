@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +107,23 @@ class ProbeCache:
         with self._lock:
             known = self._known.get((str(path), stream))
         return known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns)
+
+
+PROBE_WORKERS = 4  # ffprobe is mostly start-up: several at once use the cores a single one leaves idle
+
+
+def probe_segments(capture_dir: Path, ffprobe: str, probes: ProbeCache) -> int:
+    """Probe, several at a time, every non-empty segment on disk not yet read; returns how many were read now."""
+    directory = capture_dir / SEGMENT_DIR
+    wanted = []
+    for path in sorted(directory.glob("*.ts")) if directory.is_dir() else []:
+        found = _SEGMENT.match(path.name)
+        if found and path.stat().st_size and not probes.has(path, stream_of(found.group(1))):
+            wanted.append((path, stream_of(found.group(1))))
+    if wanted:
+        with ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe") as pool:
+            list(pool.map(lambda job: probes.probe(ffprobe, *job), wanted))
+    return len(wanted)
 
 
 def stream_of(name: str) -> str:

@@ -152,3 +152,26 @@ def test_its_programs_run_only_on_idle_time_and_stop_at_once(tmp_path: Path) -> 
                                ffprobe="ffprobe", prefinished=early)
     assert assembly.composite and assembly.problems == ()
     assert packet_times(tmp_path / "tiles" / "2" / "video.mp4") == packet_times(tmp_path / "composite.mp4")
+
+
+def test_what_was_not_read_while_recording_is_read_once_at_the_end_several_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded(tmp_path)
+    probes = count_calls(monkeypatch, "_probe_packets")
+    threads: set[str] = set()
+    counted = finalize._probe_packets
+
+    def where(*args: object, **kwargs: object) -> object:
+        threads.add(threading.current_thread().name)
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(finalize, "_probe_packets", where)
+    layout = build_layout(URLS)
+
+    assembly = assemble_videos(tmp_path, layout, t0=T0, usable_tiles=[1, 2], ffmpeg_path="ffmpeg",
+                               ffprobe="ffprobe")
+
+    assert assembly.composite and assembly.problems == ()
+    on_disk = sorted(str(p) for p in (tmp_path / "segments").glob("*.ts") if p.stat().st_size)
+    assert sorted(str(call[1]) for call in probes) == on_disk  # each once, none twice
+    assert threads and all(name.startswith("probe") for name in threads)  # on the pool, before the sets are made
