@@ -141,11 +141,14 @@ def test_its_programs_run_only_on_idle_time_and_stop_at_once(tmp_path: Path) -> 
         started.set()
 
     early._started = watched  # type: ignore[method-assign]
+    before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
     early.start()
     assert started.wait(30), "no tile cut started"
     early.stop()
 
     assert seen and seen[0] == (os.SCHED_IDLE, 19)
+    # Only its own thread was lowered: the recording's threads (this one here) keep their priority.
+    assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())) == before
     assert not early._thread.is_alive()
     assert list((tmp_path / TILE_SEGMENTS).rglob("*.part")) == []  # a cut ended half-way leaves nothing
     assembly = assemble_videos(tmp_path, layout, t0=T0, usable_tiles=[1, 2], ffmpeg_path="ffmpeg",
