@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from capture.finalize import (
+    TILE_SEGMENTS,
     ProbeCache,
     SegmentSet,
     cut_tiles,
@@ -177,10 +179,12 @@ def assemble_videos(
                         remarks=tuple(remarks))
     _frames_path, frames, covered = write_frame_times(capture_dir, video, t0=t0, origin=origin)
     try:
-        join_tiles(capture_dir, layout, video, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path, log=log,
-                   cut_before=prefinished.cut_segments if prefinished is not None else None)
+        join_tiles(capture_dir, layout, video, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path,
+                   ffprobe=ffprobe, log=log,
+                   cut_before=prefinished.cut_segments if prefinished and not prefinished.abandoned else None)
     except EvidenceError as joining:
         # The tiles' segments could not be cut or joined: cut each tile from the composite in one go instead.
+        shutil.rmtree(capture_dir / TILE_SEGMENTS, ignore_errors=True)
         try:
             cut_tiles(capture_dir, layout, composite, tiles=usable_tiles, ffmpeg_path=ffmpeg_path, log=log)
             remarks.append(f"tile videos cut from the composite after cutting them segment by segment failed "

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import threading
@@ -59,10 +60,11 @@ class _Probe:
     times: list[float]
 
 
-def _probe_packets(ffprobe: str, path: Path, stream: str) -> _Probe:
-    """What ffmpeg's probe makes of a segment: its container and the stream's packet times."""
+def _probe_packets(ffprobe: str, path: Path, stream: str, prefix: Sequence[str] = ()) -> _Probe:
+    """What ffmpeg's probe makes of a segment: its container and the stream's packet times. `prefix` runs it
+    through another program (one that lowers its priority)."""
     result = subprocess.run(
-        [ffprobe, "-v", "error", "-select_streams", stream, "-show_entries",
+        [*prefix, ffprobe, "-v", "error", "-select_streams", stream, "-show_entries",
          "format=format_name:packet=pts_time", "-of", "json", str(path)],
         capture_output=True, text=True, timeout=300, check=False,
     )
@@ -90,14 +92,14 @@ class ProbeCache:
         self._lock = threading.Lock()
         self._known: dict[tuple[str, str], tuple[int, int, _Probe]] = {}
 
-    def probe(self, ffprobe: str, path: Path, stream: str) -> _Probe:
+    def probe(self, ffprobe: str, path: Path, stream: str, prefix: Sequence[str] = ()) -> _Probe:
         stat = path.stat()
         key = (str(path), stream)
         with self._lock:
             known = self._known.get(key)
         if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
             return known[2]
-        probe = _probe_packets(ffprobe, path, stream)
+        probe = _probe_packets(ffprobe, path, stream, prefix)
         with self._lock:
             self._known[key] = (stat.st_size, stat.st_mtime_ns, probe)
         return probe
@@ -336,19 +338,22 @@ def tile_segment(capture_dir: Path, tile: int, segment: Path) -> Path:
 def cut_segment(
     capture_dir: Path, layout: Layout, segment: Path, *, tiles: Sequence[int], ffmpeg_path: str, log: Path,
     threads: int | None = None, started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    prefix: Sequence[str] = (), keep: Callable[[], bool] = lambda: True,
 ) -> None:
     """Each tile's picture in one closed screen segment, cropped and encoded as that tile's own segment with the
-    same timestamps. Each is written under a temporary name and renamed when whole: one that exists is complete.
-    `threads` bounds the encoders' threads (work done beside a recording)."""
+    same timestamps. Each is written under a name of its own and renamed when whole, and only if `keep()` still
+    says so: one that exists is complete. `threads` bounds the encoders' threads and `prefix` runs ffmpeg
+    through another program (work done beside a recording)."""
     source = ffmpeg.input(str(segment))
     split = source["v"].filter_multi_output("split", len(tiles))
     outputs = []
     writing: list[tuple[Path, Path]] = []
+    run = secrets.token_hex(4)  # two cuts of one segment at once never share a file
     for index, number in enumerate(tiles):
         rect = layout.tile(number).rect
         final = tile_segment(capture_dir, number, segment)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(final.name + ".part")
+        _own_directory(capture_dir, final.parent)
+        partial = final.with_name(f"{final.name}.{run}.part")
         writing.append((partial, final))
         options: dict[str, str | int] = {**TILE_ENCODING, "f": "mpegts", "muxdelay": 0, "muxpreload": 0}
         if threads is not None:
@@ -359,8 +364,10 @@ def cut_segment(
     # composite's clock exactly as the screen's did.
     argv = ffmpeg.merge_outputs(*outputs).global_args("-copyts").compile(cmd=ffmpeg_path)
     try:
-        _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log,
+        _run([*prefix, argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log,
              f"cut the tiles of {segment.name}", started)
+        if not keep():
+            raise RecorderFailed(f"the cut of {segment.name} was stopped")
     except RecorderFailed:
         for partial, _final in writing:
             partial.unlink(missing_ok=True)
@@ -369,9 +376,17 @@ def cut_segment(
         partial.replace(final)
 
 
+def _own_directory(capture_dir: Path, directory: Path) -> None:
+    """Make `directory` (inside the capture's work folder) and refuse one that leads elsewhere: a link planted
+    there could turn a tile segment's rename into the overwriting of a recorded segment."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if directory.resolve() != capture_dir.resolve() / directory.relative_to(capture_dir):
+        raise RecorderFailed(f"{directory} leads outside the capture's work folder; it was not written to")
+
+
 def join_tiles(
     capture_dir: Path, layout: Layout, video: SegmentSet, composite: Path, *, tiles: Sequence[int],
-    ffmpeg_path: str, log: Path, cut_before: Mapping[Path, str] | None = None,
+    ffmpeg_path: str, ffprobe: str, log: Path, cut_before: Mapping[Path, str] | None = None,
 ) -> dict[int, Path]:
     """Each tile's own video from its segments, on the composite's clock, with the tile's audio track copied from
     the composite. The segments are removed after.
@@ -406,8 +421,29 @@ def join_tiles(
         _run([argv[0], "-hide_banner", "-loglevel", "warning", "-y", *argv[1:]], log,
              f"join the video of tile {number}")
         paths[number] = path
+    # What the join promises, checked: every tile's frames at the composite's times. A segment whose first frames
+    # did not decode, or a tile segment that is not what it should be, shows here, never as a silent shift.
+    expected = frame_times(composite, ffprobe)
+    for number, path in paths.items():
+        found = frame_times(path, ffprobe)
+        if len(found) != len(expected) or any(abs(a - b) > FRAME_TIME_TOLERANCE for a, b in zip(found, expected,
+                                                                                               strict=True)):
+            raise RecorderFailed(f"tile {number}'s joined video has {len(found)} frames, not at the composite's "
+                                 f"{len(expected)} frame times")
     shutil.rmtree(capture_dir / TILE_SEGMENTS, ignore_errors=True)
     return paths
+
+
+FRAME_TIME_TOLERANCE = 0.0005  # seconds: time-base rounding, far below one frame
+
+
+def frame_times(path: Path, ffprobe: str) -> list[float]:
+    """The presentation times of a file's video packets, in order of time."""
+    result = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time",
+                             "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise RecorderFailed(f"ffprobe could not read {path}: {result.stderr.strip()[-300:]}")
+    return sorted(float(value) for value in result.stdout.split() if value not in ("", "N/A"))
 
 
 def write_frame_times(capture_dir: Path, video: SegmentSet, *, t0: float, origin: float) -> tuple[Path, int, float]:

@@ -240,7 +240,17 @@ class Preserver:
             directory = own[0] if own is not None and own[1].capture_id == capture_id else \
                 self.services.capture_dir(capture_id)
             current = holder.get(capture_id) or load_preservation(directory)
+            # Versions are told again when an earlier call failed part-way (at least once): one whose entry was
+            # appended then is not appended twice; its entry goes into the record as it is.
+            recorded = {(str(e.details.get("key")), str(e.details.get("version_id"))): e.seq
+                        for e in self.services.ledger.entries(subject=capture_id) if e.action == CustodyAction.STORED}
             for _item, obj in verified:
+                seq = recorded.get((obj.key, obj.version_id))
+                if seq is not None:
+                    current = current.with_stored(obj)
+                    if seq not in current.custody_seqs:
+                        current = current.with_custody(seq)
+                    continue
                 current = self._custody(current.with_stored(obj), CustodyAction.STORED, {
                     "key": obj.key, "version_id": obj.version_id, "bucket": obj.bucket, "size": obj.size,
                     "sha256": obj.digests.sha256, "sm3": obj.digests.sm3, "retention": obj.retention_mode,

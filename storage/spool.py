@@ -257,8 +257,8 @@ class Spool:
 
     def _remove(self, capture_id: str) -> None:
         path = self._path(capture_id)
+        self._remove_logs(path)  # first: a log outliving its batch would be replayed onto a new one of that id
         path.unlink()
-        self._remove_logs(path)
         self._cache.pop(path, None)
         fsync_directory(self.spool_dir)
 
@@ -312,6 +312,7 @@ class Spool:
                     raise StorageError(f"capture {capture_id} is already spooled from {batch.capture_dir}, "
                                        f"not {capture_dir}")
             else:
+                self._remove_logs(path)  # any left by a crash while an earlier batch of this id was removed
                 batch = _Batch(capture_id=capture_id, capture_dir=str(capture_dir), enqueued_at=datetime.now(UTC),
                                entries=[])
             known = {entry.key: entry for entry in batch.entries}

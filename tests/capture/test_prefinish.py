@@ -8,6 +8,7 @@ import itertools
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from capture.assemble import assemble_videos
 from capture.finalize import TILE_SEGMENTS, tile_segment
 from capture.layout import build_layout
 from capture.prefinish import Prefinisher
+from evidence import EvidenceError
 from tests.capture.test_finalize import T0, _audio, _video
 
 URLS = ["https://a.example/1", "https://b.example/2"]
@@ -136,6 +138,11 @@ def test_its_programs_run_only_on_idle_time_and_stop_at_once(tmp_path: Path) -> 
 
     def watched(process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):  # already finished
+            # chrt and nice set the priority, then ffmpeg replaces them in the same process.
+            for _ in range(200):
+                if Path(f"/proc/{process.pid}/comm").read_text().strip() == "ffmpeg":
+                    break
+                time.sleep(0.01)
             seen.append((os.sched_getscheduler(process.pid), os.getpriority(os.PRIO_PROCESS, process.pid)))
         real(process)
         started.set()
@@ -151,6 +158,7 @@ def test_its_programs_run_only_on_idle_time_and_stop_at_once(tmp_path: Path) -> 
     assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())) == before
     assert not early._thread.is_alive()
     assert list((tmp_path / TILE_SEGMENTS).rglob("*.part")) == []  # a cut ended half-way leaves nothing
+    assert not early.abandoned and early.problems == []
     assembly = assemble_videos(tmp_path, layout, t0=T0, usable_tiles=[1, 2], ffmpeg_path="ffmpeg",
                                ffprobe="ffprobe", prefinished=early)
     assert assembly.composite and assembly.problems == ()
@@ -178,3 +186,40 @@ def test_what_was_not_read_while_recording_is_read_once_at_the_end_several_at_a_
     on_disk = sorted(str(p) for p in (tmp_path / "segments").glob("*.ts") if p.stat().st_size)
     assert sorted(str(call[1]) for call in probes) == on_disk  # each once, none twice
     assert threads and all(name.startswith("probe") for name in threads)  # on the pool, before the sets are made
+
+
+def test_a_link_planted_in_the_work_folder_is_not_followed(tmp_path: Path) -> None:
+    """A tile folder that leads to the recorded segments would turn a tile cut's rename into overwriting one."""
+    recorded(tmp_path)
+    segments = tmp_path / "segments"
+    before = {p.name: p.read_bytes() for p in segments.glob("video_*.ts")}
+    (tmp_path / TILE_SEGMENTS).mkdir(parents=True)
+    (tmp_path / TILE_SEGMENTS / "1").symlink_to(segments)
+    early = Prefinisher(tmp_path, build_layout(URLS), ffmpeg_path="ffmpeg", ffprobe="ffprobe")
+
+    with pytest.raises(EvidenceError, match="leads outside"):
+        early.step()
+
+    assert {p.name: p.read_bytes() for p in segments.glob("video_*.ts")} == before
+
+
+def test_a_trusted_tile_segment_at_the_wrong_times_sends_the_tile_back_to_the_composite_cut(tmp_path: Path) -> None:
+    """As when a segment's first frames do not decode: the join's own check finds the shift, and the tiles are cut
+    from the composite, with a remark, instead of a tile video whose frames are not at the composite's times."""
+    recorded(tmp_path)
+    layout = build_layout(URLS)
+    early = Prefinisher(tmp_path, layout, ffmpeg_path="ffmpeg", ffprobe="ffprobe")
+    early.step()
+    shifted = tile_segment(tmp_path, 1, tmp_path / "segments" / "video_00002.ts")
+    shifted.write_bytes(tile_segment(tmp_path, 1, tmp_path / "segments" / "video_00003.ts").read_bytes())
+    early.cut_segments[shifted] = finalize.sha256_of(shifted)  # trusted, but its frames are five seconds on
+
+    assembly = assemble_videos(tmp_path, layout, t0=T0, usable_tiles=[1, 2], ffmpeg_path="ffmpeg",
+                               ffprobe="ffprobe", prefinished=early)
+
+    assert assembly.composite and assembly.problems == ()
+    assert any("cut from the composite" in remark and "not at the composite's" in remark
+               for remark in assembly.remarks), assembly.remarks
+    composite = packet_times(tmp_path / "composite.mp4")
+    assert packet_times(tmp_path / "tiles" / "1" / "video.mp4") == composite
+    assert not (tmp_path / TILE_SEGMENTS).exists()

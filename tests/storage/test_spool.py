@@ -408,3 +408,21 @@ def test_verified_versions_are_told_in_groups_and_those_before_an_outage_are_kep
     second = spool.sync(store, custody)
     assert second.ok and second.completed == ("cap-1",)
     assert told[2:] == [[i.key for i in items[6:10]], [items[10].key]]
+
+
+def test_a_log_left_by_a_removed_batch_never_joins_a_new_batch_of_that_id(tmp_path: Path) -> None:
+    """The custody log's batch id comes back with every checkpoint: a crash while one was removed must not
+    leave lines that a later batch of the same id would replay."""
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items[:1])
+    spool._update("cap-1", items[0].key, _mark(True))
+    left = (tmp_path / "spool" / "cap-1.g1.log").read_bytes()
+    with spool._flock(".spool.lock"):
+        spool._remove("cap-1")
+    (tmp_path / "spool" / "cap-1.g1.log").write_bytes(left)  # as if the crash came before the log went
+    spool.enqueue("cap-1", capture_dir, items[1:])
+    fresh = Spool(tmp_path / "spool")
+    (batch,) = fresh.pending()
+    assert batch.items == tuple(items[1:])
+    assert fresh._load(tmp_path / "spool" / "cap-1.json").entry(items[1].key).last_error is None
