@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -159,6 +160,17 @@ class _Batch(BaseModel):
         )
 
 
+def _open_log(path: Path, flags: int) -> BinaryIO:
+    """A change log, never through a link: the spool runs as the capture's user (root on a capture machine), and
+    a link planted in its place must not make it append to, or cut short, the file the link points at."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StorageError(f"spool change log {path} cannot be opened ({exc}); a link is never followed: keep it "
+                           "and repair it by hand") from exc
+    return os.fdopen(fd, "r+b" if flags & os.O_RDWR else "ab", buffering=0)
+
+
 def _check_relative(relative_path: str) -> None:
     parts = relative_path.split("/")
     if not relative_path or relative_path.startswith("/") or "\\" in relative_path or ".." in parts:
@@ -214,16 +226,18 @@ class Spool:
                 return cached[1]
             batch = _Batch.model_validate_json(path.read_bytes())
             log_path = self._log_path(path, batch.generation)
-            if log_path.exists():
-                lines = log_path.read_bytes().split(b"\n")
+            if log_path.exists() or log_path.is_symlink():
+                with _open_log(log_path, os.O_RDWR) as handle:
+                    lines = handle.read().split(b"\n")
                 # Every whole line must be a valid entry. A last piece without its newline is a line cut off by a
                 # crash while it was written, never acknowledged to anyone, so it never happened: it is cut
                 # away (every caller holds the spool's lock), or the next line would be written onto it.
-                for line in lines[:-1]:
-                    batch.replace_entry(_Entry.model_validate_json(line))
-                if lines[-1]:
-                    with log_path.open("r+b") as handle:
-                        handle.truncate(log_path.stat().st_size - len(lines[-1]))
+                    where = {entry.key: index for index, entry in enumerate(batch.entries)}
+                    for line in lines[:-1]:
+                        changed = _Entry.model_validate_json(line)
+                        batch.entries[where[changed.key]] = changed
+                    if lines[-1]:
+                        handle.truncate(handle.tell() - len(lines[-1]))
                         os.fsync(handle.fileno())
             self._cache[path] = (self._signature(path, log_path), batch)
             return batch
@@ -234,17 +248,15 @@ class Spool:
 
     def _save(self, batch: _Batch) -> None:
         """The whole batch as a new generation (write-to-temp, fsync, rename, fsync the directory: a crash leaves
-        the old or the new file), then the old change log removed: its lines are in the new file."""
+        the old or the new file), then the older change logs removed: their lines are in the new file."""
         path = self._path(batch.capture_id)
-        old_log = self._log_path(path, batch.generation)
         batch.generation += 1
         try:
             write_atomic(path, batch.model_dump_json(indent=2).encode(), mode=0o600)
         except BaseException:
             self._cache.pop(path, None)
             raise
-        old_log.unlink(missing_ok=True)
-        self._remove_logs(path, keep=batch.generation)  # any left by a crash between a rename and an unlink
+        self._remove_logs(path, keep=batch.generation)  # the one just folded in, and any a crash left
         self._cache[path] = (self._signature(path, self._log_path(path, batch.generation)), batch)
 
     def _remove_logs(self, path: Path, keep: int | None = None) -> None:
@@ -272,18 +284,16 @@ class Spool:
             change(entry)
             log_path = self._log_path(path, batch.generation)
             created = not log_path.exists()
-            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                line = memoryview(entry.model_dump_json().encode() + b"\n")
-                while line:
-                    line = line[os.write(fd, line):]
-                if durable:
-                    os.fsync(fd)
+                with _open_log(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT) as handle:
+                    line = memoryview(entry.model_dump_json().encode() + b"\n")
+                    while line:
+                        line = line[handle.write(line) or 0:]
+                    if durable:
+                        os.fsync(handle.fileno())
             except BaseException:
                 self._cache.pop(path, None)  # what is on disk is what the next load says
                 raise
-            finally:
-                os.close(fd)
             if created:  # the log itself must survive a crash, or the lines synced into it would not
                 fsync_directory(self.spool_dir)
             batch.replace_entry(entry)

@@ -319,12 +319,17 @@ def test_another_process_sees_each_step(tmp_path: Path) -> None:
     assert mine._load(path).entry(items[0].key).last_error == "marked"
 
 
-def test_a_line_cut_off_by_a_crash_never_happened_and_the_log_goes_on(tmp_path: Path) -> None:
+def one_step_logged(tmp_path: Path) -> tuple[list[SpoolItem], Path]:
+    """A batch of two items, the first marked: its items and its change log."""
     spool = Spool(tmp_path / "spool")
     capture_dir, items = capture(tmp_path)
     spool.enqueue("cap-1", capture_dir, items)
     spool._update("cap-1", items[0].key, _mark(True))
-    log = tmp_path / "spool" / "cap-1.g1.log"
+    return items, tmp_path / "spool" / "cap-1.g1.log"
+
+
+def test_a_line_cut_off_by_a_crash_never_happened_and_the_log_goes_on(tmp_path: Path) -> None:
+    items, log = one_step_logged(tmp_path)
     whole = log.read_bytes()
     with log.open("ab") as handle:  # the crash: half of the next line reached the disk
         handle.write(whole[: len(whole) // 2].replace(b'"marked"', b'"torn"'))
@@ -336,11 +341,7 @@ def test_a_line_cut_off_by_a_crash_never_happened_and_the_log_goes_on(tmp_path: 
 
 
 def test_a_damaged_whole_line_is_an_error_not_a_silent_skip(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
-    capture_dir, items = capture(tmp_path)
-    spool.enqueue("cap-1", capture_dir, items)
-    spool._update("cap-1", items[0].key, _mark(True))
-    log = tmp_path / "spool" / "cap-1.g1.log"
+    _items, log = one_step_logged(tmp_path)
     log.write_bytes(b'{"key": "captures/cap-1/elsewhere"}\n' + log.read_bytes())
     with pytest.raises(StorageError, match="unreadable"):
         Spool(tmp_path / "spool").pending()
@@ -426,3 +427,20 @@ def test_a_log_left_by_a_removed_batch_never_joins_a_new_batch_of_that_id(tmp_pa
     (batch,) = fresh.pending()
     assert batch.items == tuple(items[1:])
     assert fresh._load(tmp_path / "spool" / "cap-1.json").entry(items[1].key).last_error is None
+
+
+@pytest.mark.parametrize("content", [b"", b"one line without its newline"])
+def test_a_change_log_planted_as_a_link_is_neither_written_nor_cut_through(tmp_path: Path, content: bytes) -> None:
+    """The spool runs as the capture's user (root on a capture machine): a link put where a change log goes must
+    not make it append to, or cut short, the file the link points at."""
+    outside = tmp_path / "outside.conf"
+    outside.write_bytes(content)
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    (tmp_path / "spool" / "cap-1.g1.log").symlink_to(outside)
+    with pytest.raises(StorageError, match="change log"):
+        Spool(tmp_path / "spool")._update("cap-1", items[0].key, _mark(True))
+    with pytest.raises(StorageError, match="change log"):
+        Spool(tmp_path / "spool").pending()
+    assert outside.read_bytes() == content
