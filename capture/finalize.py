@@ -424,6 +424,8 @@ def join_tiles(
     # What the join promises, checked: every tile's frames at the composite's times. A segment whose first frames
     # did not decode, or a tile segment that is not what it should be, shows here, never as a silent shift.
     expected = frame_times(composite, ffprobe)
+    if not expected:
+        raise RecorderFailed(f"ffprobe read no frame times from {composite}, so the tile videos cannot be checked")
     for number, path in paths.items():
         found = frame_times(path, ffprobe)
         if len(found) != len(expected) or any(abs(a - b) > FRAME_TIME_TOLERANCE for a, b in zip(found, expected,
@@ -438,7 +440,8 @@ FRAME_TIME_TOLERANCE = 0.0005  # seconds: time-base rounding, far below one fram
 
 
 def frame_times(path: Path, ffprobe: str) -> list[float]:
-    """The presentation times of a file's video packets, in order of time."""
+    """The presentation times of a file's video packets, in order of time; raises when ffprobe cannot read it
+    (`_probe_packets` reads segments, whose failures are findings, not errors)."""
     result = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time",
                              "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:

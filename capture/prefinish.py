@@ -116,14 +116,13 @@ class Prefinisher:
                 continue
             stream = stream_of(name)
             if not self.probes.has(path, stream):
-                self.probes.probe(self.ffprobe, path, stream, self._prefix or ())
                 self.probed += 1
+            probe = self.probes.probe(self.ffprobe, path, stream, self._prefix or ())
             if not name.startswith("video_") or path.stat().st_size < MIN_PROBE_BYTES:
                 continue
             tiles = [t.tile for t in self.layout.tiles]
             if all(tile_segment(self.capture_dir, number, path).exists() for number in tiles):
                 continue
-            probe = self.probes.probe(self.ffprobe, path, stream, self._prefix or ())
             if not probe.times or probe.format_name != "mpegts":
                 continue  # finalize leaves it out of the videos too
             try:

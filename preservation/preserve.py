@@ -231,6 +231,7 @@ class Preserver:
               wait: bool) -> tuple[int, PreservationRecord | None]:
         """The spool's sync; `own` is the capture this process is preserving, whose record it holds in hand."""
         holder: dict[str, PreservationRecord] = {}
+        stored_entries: dict[str, dict[tuple[str, str], int]] = {}  # capture -> (key, version) -> STORED entry
         if own is not None:
             holder[own[1].capture_id] = own[1]
 
@@ -241,9 +242,13 @@ class Preserver:
                 self.services.capture_dir(capture_id)
             current = holder.get(capture_id) or load_preservation(directory)
             # Versions are told again when an earlier call failed part-way (at least once): one whose entry was
-            # appended then is not appended twice; its entry goes into the record as it is.
-            recorded = {(str(e.details.get("key")), str(e.details.get("version_id"))): e.seq
-                        for e in self.services.ledger.entries(subject=capture_id) if e.action == CustodyAction.STORED}
+            # appended then is not appended twice; its entry goes into the record as it is. The capture's STORED
+            # entries are read once per sync (it holds the spool's sync lock) and kept up as this appends.
+            if capture_id not in stored_entries:
+                stored_entries[capture_id] = {
+                    (str(e.details.get("key")), str(e.details.get("version_id"))): e.seq
+                    for e in self.services.ledger.entries(subject=capture_id) if e.action == CustodyAction.STORED}
+            recorded = stored_entries[capture_id]
             for _item, obj in verified:
                 seq = recorded.get((obj.key, obj.version_id))
                 if seq is not None:
@@ -256,6 +261,7 @@ class Preserver:
                     "sha256": obj.digests.sha256, "sm3": obj.digests.sm3, "retention": obj.retention_mode,
                     "retain_until": obj.retain_until.isoformat(), "verified_at": _iso(obj.verified_at),
                 })
+                recorded[(obj.key, obj.version_id)] = current.custody_seqs[-1]
             # Once for the versions told together: the spool forgets them only after this returns.
             holder[capture_id] = self._save(directory, current)
 

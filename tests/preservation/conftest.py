@@ -1,6 +1,7 @@
 """A capture directory made without recording anything, for testing preservation, export and verification
 on their own: real keys, a real local TSA (OpenSSL), a SQLite ledger, and a store that is down (files wait in
-the spool), so these tests need no browser, display, sound server, object store or database server.
+the spool), so these tests need no browser, display, sound server, object store or database server; and the
+node's services on a real SeaweedFS, for the integration tests that want the store up.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from evidence import (
 )
 from evidence.layout import write_manifest
 from preservation.registry import register
+from preservation.services import Services
+from storage import S3Endpoint
+from tests.conftest import s3_env
 
 
 def make_capture(directory: Path, *, capture_id: str | None = None, case_id: str = "CASE-1") -> Manifest:
@@ -95,3 +99,14 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
     for name, value in store_down_env(tmp_path / "data").items():
         monkeypatch.setenv(name, value)
     yield Node(tmp_path / "data", Settings())
+
+
+@pytest.fixture
+def services(tmp_path: Path, s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    """The node's services on a real SeaweedFS with Object Lock (a bucket of its own) and a SQLite ledger."""
+    for name, value in {"WZ_DATA_DIR": str(tmp_path / "data"), "WZ_ACTOR": "inspector",
+                        "WZ_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'custody.sqlite3'}",
+                        **s3_env(s3_server, f"wz-svc-{tmp_path.name[-20:].lower().replace('_', '-')}")}.items():
+        monkeypatch.setenv(name, value)
+    with Services(Settings()) as opened:
+        yield opened

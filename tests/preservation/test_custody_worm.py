@@ -6,32 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from custody.checkpoints import CHECKPOINT_PREFIX, CheckpointDocument
-from evidence import CustodyAction, LedgerCorrupt, Settings
+from evidence import CustodyAction, LedgerCorrupt
 from evidence.canonical import canonical_json
 from hashing import digest_file
 from preservation.preserve import Preserver
 from preservation.services import CHECKPOINT_EVERY_ENTRIES, Services
-from storage import S3Endpoint
-from tests.conftest import s3_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def services(tmp_path: Path, s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    for name, value in {"WZ_DATA_DIR": str(tmp_path / "data"), "WZ_ACTOR": "inspector",
-                        "WZ_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'custody.sqlite3'}",
-                        **s3_env(s3_server, f"wz-worm-{tmp_path.name[-20:].lower().replace('_', '-')}")}.items():
-        monkeypatch.setenv(name, value)
-    with Services(Settings()) as opened:
-        yield opened
 
 
 def _fill(services: Services, count: int) -> None:

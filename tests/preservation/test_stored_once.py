@@ -4,33 +4,20 @@ two STORED entries in the append-only ledger (a real SeaweedFS with Object Lock,
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from evidence import CustodyAction, PreservationRecord, Settings
+from evidence import CustodyAction, PreservationRecord
 from evidence.layout import load_preservation
 from preservation import preserve
 from preservation.preserve import Preserver
 from preservation.registry import register
 from preservation.services import Services
-from storage import S3Endpoint
-from tests.conftest import s3_env
 from tests.preservation.conftest import make_capture
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def services(tmp_path: Path, s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    for name, value in {"WZ_DATA_DIR": str(tmp_path / "data"), "WZ_ACTOR": "inspector",
-                        "WZ_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'custody.sqlite3'}",
-                        **s3_env(s3_server, f"wz-once-{tmp_path.name[-20:].lower().replace('_', '-')}")}.items():
-        monkeypatch.setenv(name, value)
-    with Services(Settings()) as opened:
-        yield opened
 
 
 def test_a_group_told_again_after_a_failure_appends_no_entry_twice(services: Services, tmp_path: Path,
