@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -161,13 +162,18 @@ class _Batch(BaseModel):
 
 
 def _open_log(path: Path, flags: int) -> BinaryIO:
-    """A change log, never through a link: the spool runs as the capture's user (root on a capture machine), and
-    a link planted in its place must not make it append to, or cut short, the file the link points at."""
+    """A change log, never through a link and only a regular file: the spool runs as the capture's user (root on
+    a capture machine), and a link planted in its place must not make it append to, or cut short, the file the
+    link points at; a named pipe must not make it wait forever with the spool's lock held (O_NONBLOCK keeps the
+    open from waiting; it changes nothing for a regular file)."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
     except OSError as exc:
         raise StorageError(f"spool change log {path} cannot be opened ({exc}); a link is never followed: keep it "
                            "and repair it by hand") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StorageError(f"spool change log {path} is not a regular file; keep it and repair it by hand")
     return os.fdopen(fd, "r+b" if flags & os.O_RDWR else "ab", buffering=0)
 
 
@@ -229,9 +235,9 @@ class Spool:
             if log_path.exists() or log_path.is_symlink():
                 with _open_log(log_path, os.O_RDWR) as handle:
                     lines = handle.read().split(b"\n")
-                # Every whole line must be a valid entry. A last piece without its newline is a line cut off by a
-                # crash while it was written, never acknowledged to anyone, so it never happened: it is cut
-                # away (every caller holds the spool's lock), or the next line would be written onto it.
+                    # Every whole line must be a valid entry. A last piece without its newline is a line cut off by
+                    # a crash while it was written, never acknowledged to anyone, so it never happened: it is cut
+                    # away (every caller holds the spool's lock), or the next line would be written onto it.
                     where = {entry.key: index for index, entry in enumerate(batch.entries)}
                     for line in lines[:-1]:
                         changed = _Entry.model_validate_json(line)

@@ -444,3 +444,30 @@ def test_a_change_log_planted_as_a_link_is_neither_written_nor_cut_through(tmp_p
     with pytest.raises(StorageError, match="change log"):
         Spool(tmp_path / "spool").pending()
     assert outside.read_bytes() == content
+
+
+@pytest.mark.parametrize("step", ["append", "load"])
+def test_a_change_log_planted_as_a_fifo_is_refused_not_waited_on(tmp_path: Path, step: str) -> None:
+    """A named pipe put where a change log goes: opening it for appending would wait for a reader, and reading it
+    would wait for a writer, forever, with the spool's lock held. It is refused as not a regular file."""
+    spool = Spool(tmp_path / "spool")
+    capture_dir, items = capture(tmp_path)
+    spool.enqueue("cap-1", capture_dir, items)
+    os.mkfifo(tmp_path / "spool" / "cap-1.g1.log")
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            if step == "append":
+                Spool(tmp_path / "spool")._update("cap-1", items[0].key, _mark(True))
+            else:
+                Spool(tmp_path / "spool").pending()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert outcome, "the spool waited on the pipe"
+    assert isinstance(outcome[0], StorageError) and "not a regular file" in str(outcome[0]), outcome
